@@ -1,0 +1,408 @@
+// CPU kernels of mlmfast: rows in parallel (at::parallel_for), one pass per row, no
+// intermediate tensors besides the outputs. The decision rule comes from masking.h.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <numeric>
+#include <vector>
+
+#include "mask_tokens.h"
+
+namespace mlmfast {
+namespace {
+
+// First problem found in a parallel region, reported after it (the lowest flat index wins so
+// the message does not depend on the thread count).
+struct ProblemLog {
+  std::atomic<int64_t> index{INT64_MAX};
+  void note(int64_t i) {
+    int64_t cur = index.load(std::memory_order_relaxed);
+    while (i < cur && !index.compare_exchange_weak(cur, i, std::memory_order_relaxed)) {
+    }
+  }
+  bool any() const { return index.load() != INT64_MAX; }
+};
+
+struct Problems {
+  ProblemLog bad_id, bad_pos, bad_word;
+};
+
+template <typename T>
+struct RowView {
+  const T* ids;
+  int64_t row;  // index of the row in the batch
+  int64_t start;  // first attended position: positions are counted from here
+  RowKey key;
+};
+
+template <typename T>
+inline bool token_eligible(const MaskInputs& in, const MaskParams& P, int64_t flat, T id) {
+  if (in.attention && !load_flag(in.attention, in.attention_kind, flat)) return false;
+  if (in.special_mask && load_flag(in.special_mask, in.special_mask_kind, flat)) return false;
+  return !is_special(P, static_cast<int64_t>(id));
+}
+
+inline int64_t row_start(const MaskInputs& in, int64_t base, int64_t L) {
+  if (!in.attention) return 0;
+  for (int64_t j = 0; j < L; ++j) {
+    if (load_flag(in.attention, in.attention_kind, base + j)) return j;
+  }
+  return L;
+}
+
+// Validation that reads the tokens: ids inside the vocabulary (attended tokens), POS classes
+// inside the table, word ids below 2^32. Flat index of the first offender per kind.
+template <typename T>
+inline void check_token(const MaskInputs& in, const MaskParams& P, int64_t flat, T id,
+                        Problems& pr) {
+  const bool attended = !in.attention || load_flag(in.attention, in.attention_kind, flat);
+  if (attended && (id < 0 || static_cast<int64_t>(id) >= P.vocab_size)) pr.bad_id.note(flat);
+  if (in.pos_ids && in.pos_ids[flat] >= P.n_pos) pr.bad_pos.note(flat);
+  if (in.word_ids) {
+    const int64_t w = load_word(in.word_ids, in.word_kind, flat);
+    if (w > int64_t(0xFFFFFFFF)) pr.bad_word.note(flat);
+  }
+}
+
+// Bernoulli mode: every eligible token (or word) independently with its threshold.
+template <typename T>
+void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out,
+                   T* lab, Problems& pr) {
+  const int64_t L = in.length;
+  const int64_t base = r.row * L;
+  int64_t cached_block = -1;
+  u32x4 block{};
+  int64_t cached_word = -1;
+  uint32_t word_u = 0;
+  for (int64_t j = 0; j < L; ++j) {
+    const int64_t flat = base + j;
+    const T id = r.ids[j];
+    check_token(in, P, flat, id, pr);
+    bool selected = false;
+    const int64_t rel = j - r.start;
+    if (rel >= 0 && token_eligible(in, P, flat, id)) {
+      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[flat] : 0);
+      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
+      uint32_t u;
+      if (w >= 0) {
+        if (w != cached_word) {
+          cached_word = w;
+          word_u = word_draw(r.key, static_cast<uint64_t>(w));
+        }
+        u = word_u;
+      } else {
+        const int64_t b = rel >> 2;
+        if (b != cached_block) {
+          cached_block = b;
+          block = select_block(r.key, static_cast<uint32_t>(b));
+        }
+        u = lane(block, static_cast<int>(rel & 3));
+      }
+      selected = hits(u, t);
+    }
+    emit(P, r.key, selected, static_cast<uint32_t>(rel), id, out[j], lab[j]);
+  }
+}
+
+// Fast path: no word ids, no POS table, no special_tokens_mask; selection draws four at a time.
+template <typename T>
+void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out,
+                         T* lab, Problems& pr) {
+  const int64_t L = in.length;
+  const int64_t base = r.row * L;
+  const uint64_t t = P.t_select;
+  for (int64_t j = 0; j < r.start; ++j) {
+    check_token(in, P, base + j, r.ids[j], pr);
+    out[j] = r.ids[j];
+    lab[j] = static_cast<T>(kIgnoreIndex);
+  }
+  const T* ids = r.ids + r.start;
+  T* o = out + r.start;
+  T* l = lab + r.start;
+  const int64_t n = L - r.start;
+  const int64_t obase = base + r.start;
+  bool bad = false;
+  for (int64_t b = 0; b * 4 < n; ++b) {
+    const u32x4 d = select_block(r.key, static_cast<uint32_t>(b));
+    const uint32_t u[4] = {d.x, d.y, d.z, d.w};
+    const int64_t m = std::min<int64_t>(4, n - b * 4);
+    for (int64_t q = 0; q < m; ++q) {
+      const int64_t j = b * 4 + q;
+      const T id = ids[j];
+      const bool att = !in.attention || load_flag(in.attention, in.attention_kind, obase + j);
+      bad |= att & ((id < 0) | (static_cast<int64_t>(id) >= P.vocab_size));
+      const bool selected = att && hits(u[q], t) && !is_special(P, id);
+      emit(P, r.key, selected, static_cast<uint32_t>(j), id, o[j], l[j]);
+    }
+  }
+  if (bad) {
+    for (int64_t j = 0; j < n; ++j) check_token(in, P, obase + j, ids[j], pr);
+  }
+}
+
+struct Unit {
+  uint32_t u;
+  uint64_t t;
+  int64_t first;  // first position (tie-break and identity)
+  int64_t size;   // eligible tokens in the unit
+};
+
+// Exact mode: the per-row budget and the ranking rule of masking.h, by sorting the row's
+// units (a row is at most a few thousand tokens; the scratch vectors are reused).
+template <typename T>
+void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out, T* lab,
+               Problems& pr, std::vector<Unit>& units, std::vector<int64_t>& unit_of,
+               std::vector<std::pair<int64_t, int64_t>>& words, std::vector<uint8_t>& taken) {
+  const int64_t L = in.length;
+  const int64_t base = r.row * L;
+  units.clear();
+  words.clear();
+  unit_of.assign(L, -1);
+  uint64_t tsum = 0;
+  bool any_positive = false;
+  int64_t cached_block = -1;
+  u32x4 block{};
+  for (int64_t j = 0; j < L; ++j) {
+    const int64_t flat = base + j;
+    const T id = r.ids[j];
+    check_token(in, P, flat, id, pr);
+    const int64_t rel = j - r.start;
+    if (rel < 0 || !token_eligible(in, P, flat, id)) continue;
+    const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[flat] : 0);
+    tsum += t;
+    any_positive |= t > 0;
+    const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
+    if (w >= 0) {
+      words.emplace_back(w, j);
+    } else {
+      const int64_t b = rel >> 2;
+      if (b != cached_block) {
+        cached_block = b;
+        block = select_block(r.key, static_cast<uint32_t>(b));
+      }
+      unit_of[j] = static_cast<int64_t>(units.size());
+      units.push_back(Unit{lane(block, static_cast<int>(rel & 3)), t, j, 1});
+    }
+  }
+  if (!words.empty()) {
+    // Group the word tokens by word id (stable: positions stay ascending within a word).
+    std::stable_sort(words.begin(), words.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (size_t i = 0; i < words.size();) {
+      size_t e = i;
+      while (e < words.size() && words[e].first == words[i].first) ++e;
+      const int64_t first = words[i].second;
+      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[base + first] : 0);
+      const int64_t idx = static_cast<int64_t>(units.size());
+      units.push_back(Unit{word_draw(r.key, static_cast<uint64_t>(words[i].first)), t, first,
+                           static_cast<int64_t>(e - i)});
+      for (size_t q = i; q < e; ++q) unit_of[words[q].second] = idx;
+      i = e;
+    }
+  }
+  const uint64_t k = exact_budget(tsum, any_positive);
+  taken.assign(units.size(), 0);
+  std::vector<int32_t> order;
+  order.reserve(units.size());
+  for (size_t i = 0; i < units.size(); ++i)
+    if (units[i].t > 0) order.push_back(static_cast<int32_t>(i));
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    const Unit &A = units[a], &B = units[b];
+    return ranks_before(A.u, A.t, A.first, B.u, B.t, B.first);
+  });
+  uint64_t count = 0;
+  for (int32_t i : order) {
+    if (count >= k) break;
+    if (count + static_cast<uint64_t>(units[i].size) <= k) {
+      taken[i] = 1;
+      count += static_cast<uint64_t>(units[i].size);
+    }
+  }
+  if (count == 0 && k > 0 && !order.empty()) taken[order[0]] = 1;
+  for (int64_t j = 0; j < L; ++j) {
+    const int64_t u = unit_of[j];
+    const bool selected = u >= 0 && taken[u];
+    emit(P, r.key, selected, static_cast<uint32_t>(j - r.start), r.ids[j], out[j], lab[j]);
+  }
+}
+
+template <typename T>
+void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
+  const int64_t B = in.batch, L = in.length;
+  MaskParams P = P0;
+  if (in.rng_state) {
+    P.seed = static_cast<uint64_t>(in.rng_state[0]);
+    P.epoch = static_cast<uint32_t>(in.rng_state[1]);
+  }
+  Problems pr;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1));
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<Unit> units;
+    std::vector<int64_t> unit_of;
+    std::vector<std::pair<int64_t, int64_t>> words;
+    std::vector<uint8_t> taken;
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* ids = static_cast<const T*>(in.ids) + b * L;
+      const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
+      RowView<T> r{ids, b, row_start(in, b * L, L), row_key(P.seed, P.epoch, sid)};
+      T* o = out + b * L;
+      T* l = lab + b * L;
+      if (in.exact) {
+        exact_row(in, P, r, o, l, pr, units, unit_of, words, taken);
+      } else if (!in.word_ids && P.n_pos == 0 && !in.special_mask) {
+        bernoulli_row_plain(in, P, r, o, l, pr);
+      } else {
+        bernoulli_row(in, P, r, o, l, pr);
+      }
+    }
+  });
+  auto where = [&](int64_t flat) {
+    return std::string("[") + std::to_string(flat / L) + ", " + std::to_string(flat % L) + "]";
+  };
+  if (pr.bad_id.any()) {
+    const int64_t f = pr.bad_id.index.load();
+    TORCH_CHECK(false, "mask_tokens: input_ids", where(f), " = ",
+                static_cast<int64_t>(static_cast<const T*>(in.ids)[f]),
+                " is outside the vocabulary [0, vocab_size=", P.vocab_size, ")");
+  }
+  if (pr.bad_pos.any()) {
+    const int64_t f = pr.bad_pos.index.load();
+    TORCH_CHECK(false, "mask_tokens: pos_ids", where(f), " = ", int(in.pos_ids[f]),
+                " has no entry in pos_probs (", P.n_pos, " classes)");
+  }
+  if (pr.bad_word.any()) {
+    const int64_t f = pr.bad_word.index.load();
+    TORCH_CHECK(false, "mask_tokens: word_ids", where(f), " = ",
+                load_word(in.word_ids, in.word_kind, f), " must be below 2^32");
+  }
+}
+
+void dispatch(const MaskInputs& in, const MaskParams& P, at::Tensor& out, at::Tensor& labels) {
+  if (in.batch == 0 || in.length == 0) return;
+  if (out.scalar_type() == at::kLong) {
+    run_cpu<int64_t>(in, P, out.data_ptr<int64_t>(), labels.data_ptr<int64_t>());
+  } else {
+    run_cpu<int32_t>(in, P, out.data_ptr<int32_t>(), labels.data_ptr<int32_t>());
+  }
+}
+
+MaskArgs pack(const c10::optional<at::Tensor>& attention_mask,
+              const c10::optional<at::Tensor>& special_tokens_mask,
+              const c10::optional<at::Tensor>& word_ids, const c10::optional<at::Tensor>& pos_ids,
+              c10::optional<at::ArrayRef<double>> pos_probs,
+              const c10::optional<at::Tensor>& sample_ids,
+              const c10::optional<at::Tensor>& rng_state, at::IntArrayRef special_ids,
+              double mlm_probability, double mask_replace_prob, double random_replace_prob,
+              int64_t mask_token_id, int64_t vocab_size, int64_t seed, int64_t epoch, bool exact,
+              bool exclude_special_from_random) {
+  return MaskArgs{attention_mask,   special_tokens_mask, word_ids,
+                  pos_ids,          sample_ids,          rng_state,
+                  pos_probs,        special_ids,         mlm_probability,
+                  mask_replace_prob, random_replace_prob, mask_token_id,
+                  vocab_size,       seed,                epoch,
+                  exact,            exclude_special_from_random};
+}
+
+std::tuple<at::Tensor, at::Tensor> mask_tokens_cpu(
+    const at::Tensor& input_ids, const c10::optional<at::Tensor>& attention_mask,
+    const c10::optional<at::Tensor>& special_tokens_mask, const c10::optional<at::Tensor>& word_ids,
+    const c10::optional<at::Tensor>& pos_ids, c10::optional<at::ArrayRef<double>> pos_probs,
+    const c10::optional<at::Tensor>& sample_ids, const c10::optional<at::Tensor>& rng_state,
+    at::IntArrayRef special_ids, double mlm_probability, double mask_replace_prob,
+    double random_replace_prob, int64_t mask_token_id, int64_t vocab_size, int64_t seed,
+    int64_t epoch, bool exact, bool exclude_special_from_random) {
+  const MaskArgs a = pack(attention_mask, special_tokens_mask, word_ids, pos_ids, pos_probs,
+                          sample_ids, rng_state, special_ids, mlm_probability, mask_replace_prob,
+                          random_replace_prob, mask_token_id, vocab_size, seed, epoch, exact,
+                          exclude_special_from_random);
+  MaskParams P;
+  MaskInputs in;
+  std::vector<at::Tensor> keep;
+  prepare_mask_call(input_ids, a, P, in, keep);
+  at::Tensor out = at::empty(input_ids.sizes(), input_ids.options());
+  at::Tensor labels = at::empty(input_ids.sizes(), input_ids.options());
+  dispatch(in, P, out, labels);
+  return {out, labels};
+}
+
+void mask_tokens_inplace_cpu(
+    const at::Tensor& input_ids, const at::Tensor& labels,
+    const c10::optional<at::Tensor>& attention_mask,
+    const c10::optional<at::Tensor>& special_tokens_mask, const c10::optional<at::Tensor>& word_ids,
+    const c10::optional<at::Tensor>& pos_ids, c10::optional<at::ArrayRef<double>> pos_probs,
+    const c10::optional<at::Tensor>& sample_ids, const c10::optional<at::Tensor>& rng_state,
+    at::IntArrayRef special_ids, double mlm_probability, double mask_replace_prob,
+    double random_replace_prob, int64_t mask_token_id, int64_t vocab_size, int64_t seed,
+    int64_t epoch, bool exact, bool exclude_special_from_random) {
+  const MaskArgs a = pack(attention_mask, special_tokens_mask, word_ids, pos_ids, pos_probs,
+                          sample_ids, rng_state, special_ids, mlm_probability, mask_replace_prob,
+                          random_replace_prob, mask_token_id, vocab_size, seed, epoch, exact,
+                          exclude_special_from_random);
+  MaskParams P;
+  MaskInputs in;
+  std::vector<at::Tensor> keep;
+  prepare_mask_call(input_ids, a, P, in, keep);
+  check_outputs(input_ids, labels);
+  // Validate ids before touching them, so a bad batch is reported and left intact.
+  if (in.batch > 0 && in.length > 0) {
+    const int64_t n = in.batch * in.length;
+    int64_t bad = -1;
+    if (input_ids.scalar_type() == at::kLong) {
+      const int64_t* p = input_ids.data_ptr<int64_t>();
+      for (int64_t i = 0; i < n && bad < 0; ++i) {
+        const bool att = !in.attention || load_flag(in.attention, in.attention_kind, i);
+        if (att && (p[i] < 0 || p[i] >= vocab_size)) bad = i;
+      }
+    } else {
+      const int32_t* p = input_ids.data_ptr<int32_t>();
+      for (int64_t i = 0; i < n && bad < 0; ++i) {
+        const bool att = !in.attention || load_flag(in.attention, in.attention_kind, i);
+        if (att && (p[i] < 0 || p[i] >= vocab_size)) bad = i;
+      }
+    }
+    TORCH_CHECK(bad < 0, "mask_tokens_: input_ids[", bad / in.length, ", ", bad % in.length,
+                "] is outside the vocabulary [0, vocab_size=", vocab_size,
+                "); input_ids left unchanged");
+  }
+  at::Tensor out = input_ids;
+  at::Tensor lab = labels;
+  dispatch(in, P, out, lab);
+}
+
+// Raw Philox4x32-10 blocks, for known-answer tests and for reference.py's self-check.
+at::Tensor philox_cpu(const at::Tensor& counters, int64_t seed) {
+  TORCH_CHECK(counters.dim() == 2 && counters.size(1) == 4 && counters.scalar_type() == at::kLong,
+              "philox4x32_10: counters must be int64 [N, 4], got ", counters.scalar_type(), " ",
+              counters.sizes());
+  at::Tensor c = counters.contiguous();
+  at::Tensor out = at::empty_like(c);
+  const int64_t* ci = c.data_ptr<int64_t>();
+  int64_t* o = out.data_ptr<int64_t>();
+  const uint64_t s = static_cast<uint64_t>(seed);
+  for (int64_t i = 0; i < c.size(0); ++i) {
+    const u32x4 r = philox4x32_10(
+        u32x4{static_cast<uint32_t>(ci[4 * i]), static_cast<uint32_t>(ci[4 * i + 1]),
+              static_cast<uint32_t>(ci[4 * i + 2]), static_cast<uint32_t>(ci[4 * i + 3])},
+        u32x2{static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32)});
+    o[4 * i] = r.x;
+    o[4 * i + 1] = r.y;
+    o[4 * i + 2] = r.z;
+    o[4 * i + 3] = r.w;
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mlmfast, CPU, m) {
+  m.impl("mask_tokens", &mask_tokens_cpu);
+  m.impl("mask_tokens_", &mask_tokens_inplace_cpu);
+  m.impl("philox4x32_10", &philox_cpu);
+}
+
+}  // namespace mlmfast

@@ -1,0 +1,179 @@
+#include "mask_tokens.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace mlmfast {
+namespace {
+
+void check_probability(const char* name, double p) {
+  TORCH_CHECK(std::isfinite(p) && p >= 0.0 && p <= 1.0, "mask_tokens: ", name,
+              " must be a probability in [0, 1], got ", p);
+}
+
+int32_t flag_kind(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kBool:
+    case at::kByte:
+      return kByte;
+    case at::kInt:
+      return kInt32;
+    case at::kLong:
+      return kInt64;
+    default:
+      TORCH_CHECK(false, "mask_tokens: ", name, " must be bool, uint8, int32 or int64, got ",
+                  t.scalar_type());
+  }
+  return kNone;
+}
+
+at::Tensor per_token(const c10::optional<at::Tensor>& t, const at::Tensor& ids, const char* name) {
+  const at::Tensor& x = *t;
+  TORCH_CHECK(x.device() == ids.device(), "mask_tokens: ", name, " is on ", x.device(),
+              " but input_ids is on ", ids.device());
+  TORCH_CHECK(x.sizes() == ids.sizes(), "mask_tokens: ", name, " must have the shape of input_ids ",
+              ids.sizes(), ", got ", x.sizes());
+  return x.contiguous();
+}
+
+}  // namespace
+
+void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParams& P,
+                       MaskInputs& in, std::vector<at::Tensor>& keep) {
+  TORCH_CHECK(input_ids.dim() == 2, "mask_tokens: input_ids must be 2-D [batch, length], got ",
+              input_ids.dim(), "-D of shape ", input_ids.sizes());
+  TORCH_CHECK(input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt,
+              "mask_tokens: input_ids must be int64 or int32, got ", input_ids.scalar_type());
+  const int64_t B = input_ids.size(0), L = input_ids.size(1);
+  TORCH_CHECK(L < kMaxRowLength, "mask_tokens: rows longer than 2^30 tokens are not supported, got ",
+              L);
+
+  check_probability("mlm_probability", a.mlm_probability);
+  check_probability("mask_replace_prob", a.mask_replace_prob);
+  check_probability("random_replace_prob", a.random_replace_prob);
+  TORCH_CHECK(a.mask_replace_prob + a.random_replace_prob <= 1.0 + 1e-9,
+              "mask_tokens: mask_replace_prob + random_replace_prob must be <= 1, got ",
+              a.mask_replace_prob, " + ", a.random_replace_prob);
+  TORCH_CHECK(a.vocab_size > 0, "mask_tokens: vocab_size must be > 0, got ", a.vocab_size);
+  TORCH_CHECK(a.mask_token_id >= 0 && a.mask_token_id < a.vocab_size,
+              "mask_tokens: mask_token_id must be in [0, vocab_size=", a.vocab_size, "), got ",
+              a.mask_token_id);
+  TORCH_CHECK(a.epoch >= 0 && a.epoch <= int64_t(0xFFFFFFFF),
+              "mask_tokens: epoch must be in [0, 2^32), got ", a.epoch);
+
+  std::vector<int64_t> specials(a.special_ids.begin(), a.special_ids.end());
+  for (int64_t s : specials) {
+    TORCH_CHECK(s >= 0 && s < a.vocab_size, "mask_tokens: special_ids must be in [0, vocab_size=",
+                a.vocab_size, "), got ", s);
+  }
+  std::sort(specials.begin(), specials.end());
+  specials.erase(std::unique(specials.begin(), specials.end()), specials.end());
+  TORCH_CHECK(static_cast<int64_t>(specials.size()) <= kMaxSpecialIds, "mask_tokens: at most ",
+              kMaxSpecialIds, " distinct special_ids are supported, got ", specials.size(),
+              "; mark further tokens through special_tokens_mask");
+
+  P = MaskParams{};
+  P.seed = static_cast<uint64_t>(a.seed);
+  P.epoch = static_cast<uint32_t>(a.epoch);
+  P.t_select = threshold_of(a.mlm_probability);
+  P.t_mask = threshold_of(a.mask_replace_prob);
+  P.t_random = std::min(threshold_of(a.random_replace_prob), kOne - P.t_mask);
+  P.mask_token_id = a.mask_token_id;
+  P.vocab_size = a.vocab_size;
+  P.n_special = static_cast<int32_t>(specials.size());
+  for (size_t i = 0; i < specials.size(); ++i) P.special[i] = specials[i];
+  P.n_skip = a.exclude_special_from_random ? P.n_special : 0;
+  P.n_random = a.vocab_size - P.n_skip;
+  TORCH_CHECK(P.n_random > 0 || P.t_random == 0,
+              "mask_tokens: random_replace_prob > 0 but every id of the vocabulary is special");
+
+  in = MaskInputs{};
+  in.batch = B;
+  in.length = L;
+  in.exact = a.exact;
+  at::Tensor ids = input_ids.contiguous();
+  keep.push_back(ids);
+  in.ids = ids.data_ptr();
+
+  if (a.attention_mask.has_value()) {
+    at::Tensor t = per_token(a.attention_mask, input_ids, "attention_mask");
+    in.attention_kind = flag_kind(t, "attention_mask");
+    keep.push_back(t);
+    in.attention = t.data_ptr();
+  }
+  if (a.special_tokens_mask.has_value()) {
+    at::Tensor t = per_token(a.special_tokens_mask, input_ids, "special_tokens_mask");
+    in.special_mask_kind = flag_kind(t, "special_tokens_mask");
+    keep.push_back(t);
+    in.special_mask = t.data_ptr();
+  }
+  if (a.word_ids.has_value()) {
+    at::Tensor t = per_token(a.word_ids, input_ids, "word_ids");
+    TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt,
+                "mask_tokens: word_ids must be int64 or int32 (-1 = no word), got ",
+                t.scalar_type());
+    in.word_kind = t.scalar_type() == at::kLong ? kInt64 : kInt32;
+    keep.push_back(t);
+    in.word_ids = t.data_ptr();
+  }
+  TORCH_CHECK(a.pos_ids.has_value() == a.pos_probs.has_value(),
+              "mask_tokens: pos_ids and pos_probs go together: got pos_ids ",
+              a.pos_ids.has_value() ? "set" : "None", " and pos_probs ",
+              a.pos_probs.has_value() ? "set" : "None");
+  if (a.pos_ids.has_value()) {
+    at::Tensor t = per_token(a.pos_ids, input_ids, "pos_ids");
+    TORCH_CHECK(t.scalar_type() == at::kByte, "mask_tokens: pos_ids must be uint8 classes, got ",
+                t.scalar_type());
+    keep.push_back(t);
+    in.pos_ids = t.data_ptr<uint8_t>();
+    const auto probs = *a.pos_probs;
+    TORCH_CHECK(!probs.empty() && static_cast<int64_t>(probs.size()) <= kMaxPosClasses,
+                "mask_tokens: pos_probs must have 1 to ", kMaxPosClasses, " entries, got ",
+                probs.size());
+    P.n_pos = static_cast<int32_t>(probs.size());
+    for (size_t c = 0; c < probs.size(); ++c) {
+      TORCH_CHECK(std::isfinite(probs[c]) && probs[c] >= 0.0 && probs[c] <= 1.0,
+                  "mask_tokens: pos_probs[", c, "] must be a probability in [0, 1], got ", probs[c]);
+      P.t_pos[c] = threshold_of(probs[c]);
+    }
+  }
+  if (a.sample_ids.has_value()) {
+    const at::Tensor& s = *a.sample_ids;
+    TORCH_CHECK(s.device() == input_ids.device(), "mask_tokens: sample_ids is on ", s.device(),
+                " but input_ids is on ", input_ids.device());
+    TORCH_CHECK(s.dim() == 1 && s.size(0) == B && s.scalar_type() == at::kLong,
+                "mask_tokens: sample_ids must be int64 of shape [", B, "], got ", s.scalar_type(),
+                " of shape ", s.sizes());
+    at::Tensor t = s.contiguous();
+    keep.push_back(t);
+    in.sample_ids = t.data_ptr<int64_t>();
+  }
+  if (a.rng_state.has_value()) {
+    const at::Tensor& s = *a.rng_state;
+    TORCH_CHECK(s.device() == input_ids.device(), "mask_tokens: rng_state is on ", s.device(),
+                " but input_ids is on ", input_ids.device());
+    TORCH_CHECK(s.dim() == 1 && s.size(0) == 2 && s.scalar_type() == at::kLong,
+                "mask_tokens: rng_state must be int64 [seed, epoch] of shape [2], got ",
+                s.scalar_type(), " of shape ", s.sizes());
+    at::Tensor t = s.contiguous();
+    keep.push_back(t);
+    in.rng_state = t.data_ptr<int64_t>();
+  }
+}
+
+void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels) {
+  TORCH_CHECK(labels.sizes() == input_ids.sizes() && labels.scalar_type() == input_ids.scalar_type(),
+              "mask_tokens_: labels must match input_ids (", input_ids.scalar_type(), " ",
+              input_ids.sizes(), "), got ", labels.scalar_type(), " ", labels.sizes());
+  TORCH_CHECK(labels.device() == input_ids.device(), "mask_tokens_: labels is on ",
+              labels.device(), " but input_ids is on ", input_ids.device());
+  TORCH_CHECK(input_ids.is_contiguous() && labels.is_contiguous(),
+              "mask_tokens_: input_ids and labels must be contiguous for the in-place form");
+  TORCH_CHECK(!labels.is_same(input_ids), "mask_tokens_: labels must not alias input_ids");
+}
+
+}  // namespace mlmfast

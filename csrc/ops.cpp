@@ -1,0 +1,25 @@
+// Every schema of the mlmfast op family, in one TORCH_LIBRARY block. Backends register their
+// kernels in cpu/ and cuda/ (TORCH_LIBRARY_IMPL); mlmfast/ops.py is the typed Python surface.
+#include <Python.h>
+#include <torch/library.h>
+
+
+// Importing mlmfast._C from Python loads this shared object, which runs the static
+// registrations below. No Python bindings live here (Py_LIMITED_API: one wheel per platform).
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+#define MLMFAST_MASK_ARGS                                                                     \
+  "Tensor? attention_mask, Tensor? special_tokens_mask, Tensor? word_ids, Tensor? pos_ids, " \
+  "float[]? pos_probs, Tensor? sample_ids, Tensor? rng_state, int[] special_ids, "           \
+  "float mlm_probability, float mask_replace_prob, float random_replace_prob, "              \
+  "int mask_token_id, int vocab_size, int seed, int epoch, bool exact, "                     \
+  "bool exclude_special_from_random"
+
+TORCH_LIBRARY(mlmfast, m) {
+  m.def("mask_tokens(Tensor input_ids, " MLMFAST_MASK_ARGS ") -> (Tensor, Tensor)");
+  m.def("mask_tokens_(Tensor(a!) input_ids, Tensor(b!) labels, " MLMFAST_MASK_ARGS ") -> ()");
+  m.def("philox4x32_10(Tensor counters, int seed) -> Tensor");
+}
