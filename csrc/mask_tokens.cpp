@@ -58,7 +58,8 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
   TORCH_CHECK(a.mask_replace_prob + a.random_replace_prob <= 1.0 + 1e-9,
               "mask_tokens: mask_replace_prob + random_replace_prob must be <= 1, got ",
               a.mask_replace_prob, " + ", a.random_replace_prob);
-  TORCH_CHECK(a.vocab_size > 0, "mask_tokens: vocab_size must be > 0, got ", a.vocab_size);
+  TORCH_CHECK(a.vocab_size > 0 && a.vocab_size <= int64_t(0xFFFFFFFF),
+              "mask_tokens: vocab_size must be in [1, 2^32), got ", a.vocab_size);
   TORCH_CHECK(a.mask_token_id >= 0 && a.mask_token_id < a.vocab_size,
               "mask_tokens: mask_token_id must be in [0, vocab_size=", a.vocab_size, "), got ",
               a.mask_token_id);

@@ -1,0 +1,224 @@
+"""The masking op in plain PyTorch: slow, obviously right, and bit-exact with the C++ and CUDA
+kernels. It mirrors ``csrc/masking.h`` line for line; the tests demand equality.
+
+Philox4x32-10 runs here in int64 tensor arithmetic: a 32x32-bit product is formed from 16-bit
+halves so that nothing overflows int64.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from mlmfast.ops import MaskOutput, draw_seed
+
+__all__ = ["mask_tokens", "philox4x32_10", "threshold_of"]
+
+_M32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+TAG_SELECT, TAG_WORD, TAG_REPLACE = 0 << 30, 1 << 30, 2 << 30
+INDEX_MASK = (1 << 30) - 1
+ONE = 1 << 32  # threshold of probability 1
+IGNORE_INDEX = -100
+
+
+def threshold_of(p: float) -> int:
+    """floor(p * 2^32): exact in binary64, so every backend gets the same integer."""
+    return int(float(p) * 4294967296.0)
+
+
+def _mulhilo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of a * b for int64 tensors holding uint32 values."""
+    p_lo = a * (b & 0xFFFF)  # < 2^48
+    p_hi = a * (b >> 16)  # < 2^48
+    mid = p_lo + ((p_hi & 0xFFFF) << 16)  # < 2^49
+    return (p_hi >> 16) + (mid >> 32), mid & _M32
+
+
+def philox4x32_10(
+    counter: Sequence[torch.Tensor | int], key: tuple[int, int]
+) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-10 on broadcastable int64 tensors of uint32 values; key = (k0, k1)."""
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) for c in counter)
+    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
+    k0, k1 = key[0] & _M32, key[1] & _M32
+    for r in range(10):
+        if r:
+            k0 = (k0 + _PHILOX_W0) & _M32
+            k1 = (k1 + _PHILOX_W1) & _M32
+        hi0, lo0 = _mulhilo(c0, _PHILOX_M0)
+        hi1, lo1 = _mulhilo(c2, _PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def _lane(words: tuple[torch.Tensor, ...], lane: torch.Tensor) -> torch.Tensor:
+    return torch.stack(words, dim=-1).gather(-1, lane.unsqueeze(-1)).squeeze(-1)
+
+
+def _random_token(y: torch.Tensor, n_random: int, skip: list[int]) -> torch.Tensor:
+    hi, _ = _mulhilo(y, n_random)  # (y * n_random) >> 32
+    tok = hi
+    for s in skip:  # ascending: the j-th id of [0, vocab) without the skipped specials
+        tok = tok + (tok >= s).long()
+    return tok
+
+
+def _ranks_before(a: tuple[int, int, int], b: tuple[int, int, int]) -> int:
+    (ua, ta, pa), (ub, tb, pb) = a, b
+    lhs, rhs = ua * tb, ub * ta
+    if lhs != rhs:
+        return -1 if lhs < rhs else 1
+    return -1 if pa < pb else (1 if pa > pb else 0)
+
+
+def _exact_selection(eligible, u, t, words) -> torch.Tensor:
+    """Exact-mode selection, row by row, as masking.h defines it."""
+    B, L = eligible.shape
+    selected = torch.zeros(B, L, dtype=torch.bool)
+    for b in range(B):
+        units: dict[object, list[int]] = {}  # key -> [u, t, first, size]
+        unit_of: dict[int, object] = {}
+        tsum, any_positive = 0, False
+        for j in torch.nonzero(eligible[b]).flatten().tolist():
+            tj = int(t[b, j])
+            tsum += tj
+            any_positive |= tj > 0
+            w = int(words[b, j])
+            key = ("w", w) if w >= 0 else ("t", j)
+            if key not in units:
+                units[key] = [int(u[b, j]), tj, j, 0]
+            units[key][3] += 1
+            unit_of[j] = key
+        k = (tsum + (ONE >> 1)) >> 32
+        if k == 0 and any_positive:
+            k = 1
+        ranked = sorted(
+            (key for key, v in units.items() if v[1] > 0),
+            key=functools.cmp_to_key(lambda a, c: _ranks_before(units[a][:3], units[c][:3])),
+        )
+        taken, count = set(), 0
+        for key in ranked:
+            if count >= k:
+                break
+            if count + units[key][3] <= k:
+                taken.add(key)
+                count += units[key][3]
+        if count == 0 and k > 0 and ranked:
+            taken.add(ranked[0])
+        for j, key in unit_of.items():
+            if key in taken:
+                selected[b, j] = True
+    return selected
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int] = (),
+    attention_mask: torch.Tensor | None = None,
+    special_tokens_mask: torch.Tensor | None = None,
+    word_ids: torch.Tensor | None = None,
+    pos_ids: torch.Tensor | None = None,
+    pos_probs: Sequence[float] | None = None,
+    sample_ids: torch.Tensor | None = None,
+    mlm_probability: float = 0.15,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    seed: int | None = None,
+    epoch: int = 0,
+    mode: str = "bernoulli",
+    exclude_special_from_random: bool = True,
+    return_positions: bool = False,
+    rng_state: torch.Tensor | None = None,
+) -> MaskOutput:
+    """Same contract as :func:`mlmfast.mask_tokens` (CPU tensors), computed in plain PyTorch."""
+    device, dtype = input_ids.device, input_ids.dtype
+    squeeze = input_ids.dim() == 1
+    to2d = (lambda x: None if x is None else x.cpu().reshape(1, -1)) if squeeze else (
+        lambda x: None if x is None else x.cpu()
+    )
+    ids = to2d(input_ids).long()
+    B, L = ids.shape
+    if seed is None:
+        seed = draw_seed()
+    if rng_state is not None:
+        seed, epoch = (int(v) for v in rng_state.cpu().tolist())
+    seed = int(seed) % 2**64
+    key = (seed & _M32, seed >> 32)
+    epoch = int(epoch) & _M32
+    specials = sorted({int(s) for s in special_ids})
+
+    att = to2d(attention_mask)
+    stm = to2d(special_tokens_mask)
+    eligible = ~torch.isin(ids, torch.tensor(specials, dtype=torch.long))
+    if att is not None:
+        att = att != 0
+        eligible &= att
+        has = att.any(dim=1)
+        first = att.long().argmax(dim=1) if L else torch.zeros(B, dtype=torch.long)
+        start = torch.where(has, first, torch.full((B,), L))
+    else:
+        start = torch.zeros(B, dtype=torch.long)
+    if stm is not None:
+        eligible &= stm == 0
+    rel = torch.arange(L).unsqueeze(0) - start.unsqueeze(1)
+    eligible &= rel >= 0
+    rel = rel.clamp(min=0)
+
+    sid = sample_ids.cpu().long() if sample_ids is not None else torch.arange(B)
+    sid_lo = (sid & _M32).unsqueeze(1)
+    sid_hi = ((sid >> 32) & _M32).unsqueeze(1)
+
+    def philox(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return philox4x32_10((index, epoch, sid_lo, sid_hi), key)
+
+    u = _lane(philox(TAG_SELECT | ((rel >> 2) & INDEX_MASK)), rel & 3)
+    words = to2d(word_ids).long() if word_ids is not None else torch.full((B, L), -1)
+    w32 = words & _M32
+    u_word = _lane(philox(TAG_WORD | ((w32 >> 2) & INDEX_MASK)), w32 & 3)
+    u = torch.where(words >= 0, u_word, u)
+
+    if pos_ids is not None:
+        table = torch.tensor([threshold_of(p) for p in pos_probs], dtype=torch.long)
+        t = table[to2d(pos_ids).long()]
+    else:
+        t = torch.full((B, L), threshold_of(mlm_probability), dtype=torch.long)
+
+    if mode == "exact":
+        selected = _exact_selection(eligible, u, t, words)
+    elif mode == "bernoulli":
+        selected = eligible & (u < t)
+    else:
+        raise ValueError(f"mode must be 'bernoulli' or 'exact', got {mode!r}")
+
+    t_mask = threshold_of(mask_replace_prob)
+    t_random = min(threshold_of(random_replace_prob), ONE - t_mask)
+    if t_mask >= ONE:
+        replaced = torch.full_like(ids, mask_token_id)
+    elif t_mask == 0 and t_random == 0:
+        replaced = ids
+    else:
+        x, y, _, _ = philox(TAG_REPLACE | (rel & INDEX_MASK))
+        skip = specials if exclude_special_from_random else []
+        random_ids = _random_token(y, vocab_size - len(skip), skip)
+        replaced = torch.where(
+            x < t_mask,
+            torch.full_like(ids, mask_token_id),
+            torch.where(x < t_mask + t_random, random_ids, ids),
+        )
+    out = torch.where(selected, replaced, ids)
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    positions = torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1) if return_positions else None
+    if squeeze:
+        out, labels = out.squeeze(0), labels.squeeze(0)
+    out, labels = out.to(device=device, dtype=dtype), labels.to(device=device, dtype=dtype)
+    if positions is not None:
+        positions = positions.to(device)
+    return MaskOutput(out, labels, positions)
