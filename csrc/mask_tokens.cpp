@@ -177,4 +177,76 @@ void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels) {
   TORCH_CHECK(!labels.is_same(input_ids), "mask_tokens_: labels must not alias input_ids");
 }
 
+namespace {
+MaskArgs pack(MLMFAST_MASK_PARAMS) {
+  MaskArgs a;
+  a.attention_mask = attention_mask;
+  a.special_tokens_mask = special_tokens_mask;
+  a.word_ids = word_ids;
+  a.pos_ids = pos_ids;
+  a.sample_ids = sample_ids;
+  a.rng_state = rng_state;
+  a.pos_probs = pos_probs;
+  a.special_ids = special_ids;
+  a.mlm_probability = mlm_probability;
+  a.mask_replace_prob = mask_replace_prob;
+  a.random_replace_prob = random_replace_prob;
+  a.mask_token_id = mask_token_id;
+  a.vocab_size = vocab_size;
+  a.seed = seed;
+  a.epoch = epoch;
+  a.exact = exact;
+  a.exclude_special_from_random = exclude_special_from_random;
+  return a;
+}
+
+template <typename T>
+int64_t first_out_of_vocab(const at::Tensor& ids, const MaskInputs& in, int64_t vocab_size) {
+  const T* p = ids.data_ptr<T>();
+  const int64_t n = in.batch * in.length;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool att = !in.attention || load_flag(in.attention, in.attention_kind, i);
+    if (att && (p[i] < 0 || static_cast<int64_t>(p[i]) >= vocab_size)) return i;
+  }
+  return -1;
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> mask_tokens_out_of_place(MaskKernel kernel,
+                                                            const at::Tensor& input_ids,
+                                                            MLMFAST_MASK_PARAMS) {
+  const MaskArgs a = pack(MLMFAST_MASK_ARGS_PASS);
+  MaskParams P;
+  MaskInputs in;
+  std::vector<at::Tensor> keep;
+  prepare_mask_call(input_ids, a, P, in, keep);
+  at::Tensor out = at::empty(input_ids.sizes(), input_ids.options());
+  at::Tensor labels = at::empty(input_ids.sizes(), input_ids.options());
+  if (in.batch > 0 && in.length > 0) kernel(in, P, out, labels);
+  return {out, labels};
+}
+
+void mask_tokens_in_place(MaskKernel kernel, bool check_ids_first, const at::Tensor& input_ids,
+                          const at::Tensor& labels, MLMFAST_MASK_PARAMS) {
+  const MaskArgs a = pack(MLMFAST_MASK_ARGS_PASS);
+  MaskParams P;
+  MaskInputs in;
+  std::vector<at::Tensor> keep;
+  check_outputs(input_ids, labels);
+  prepare_mask_call(input_ids, a, P, in, keep);
+  if (in.batch == 0 || in.length == 0) return;
+  if (check_ids_first) {
+    // A bad batch is reported and left intact.
+    const int64_t bad = input_ids.scalar_type() == at::kLong
+                            ? first_out_of_vocab<int64_t>(input_ids, in, vocab_size)
+                            : first_out_of_vocab<int32_t>(input_ids, in, vocab_size);
+    TORCH_CHECK(bad < 0, "mask_tokens_: input_ids[", bad / in.length, ", ", bad % in.length,
+                "] is outside the vocabulary [0, vocab_size=", vocab_size,
+                "); input_ids left unchanged");
+  }
+  at::Tensor out = input_ids;
+  at::Tensor lab = labels;
+  kernel(in, P, out, lab);
+}
+
 }  // namespace mlmfast

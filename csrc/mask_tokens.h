@@ -69,4 +69,31 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
 // Checks that out/labels can receive the result of masking input_ids (in-place form).
 void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels);
 
+// A backend: runs the kernel over validated inputs into out/labels (which may alias the ids).
+using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& out,
+                            at::Tensor& labels);
+
+// The schema's arguments after input_ids (and labels for the in-place form), as C++ parameters.
+#define MLMFAST_MASK_PARAMS                                                                      \
+  const c10::optional<at::Tensor>&attention_mask,                                                \
+      const c10::optional<at::Tensor>&special_tokens_mask,                                       \
+      const c10::optional<at::Tensor>&word_ids, const c10::optional<at::Tensor>&pos_ids,         \
+      c10::optional<at::ArrayRef<double>> pos_probs, const c10::optional<at::Tensor>&sample_ids, \
+      const c10::optional<at::Tensor>&rng_state, at::IntArrayRef special_ids,                    \
+      double mlm_probability, double mask_replace_prob, double random_replace_prob,              \
+      int64_t mask_token_id, int64_t vocab_size, int64_t seed, int64_t epoch, bool exact,        \
+      bool exclude_special_from_random
+#define MLMFAST_MASK_ARGS_PASS                                                              \
+  attention_mask, special_tokens_mask, word_ids, pos_ids, pos_probs, sample_ids, rng_state, \
+      special_ids, mlm_probability, mask_replace_prob, random_replace_prob, mask_token_id,  \
+      vocab_size, seed, epoch, exact, exclude_special_from_random
+
+// Out-of-place and in-place forms, shared by the backends. `check_ids_first` validates the ids
+// against the vocabulary before anything is written (CPU; a CUDA check would cost a host sync).
+std::tuple<at::Tensor, at::Tensor> mask_tokens_out_of_place(MaskKernel kernel,
+                                                            const at::Tensor& input_ids,
+                                                            MLMFAST_MASK_PARAMS);
+void mask_tokens_in_place(MaskKernel kernel, bool check_ids_first, const at::Tensor& input_ids,
+                          const at::Tensor& labels, MLMFAST_MASK_PARAMS);
+
 }  // namespace mlmfast

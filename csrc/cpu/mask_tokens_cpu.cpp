@@ -282,8 +282,7 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
   }
 }
 
-void dispatch(const MaskInputs& in, const MaskParams& P, at::Tensor& out, at::Tensor& labels) {
-  if (in.batch == 0 || in.length == 0) return;
+void cpu_kernel(const MaskInputs& in, const MaskParams& P, at::Tensor& out, at::Tensor& labels) {
   if (out.scalar_type() == at::kLong) {
     run_cpu<int64_t>(in, P, out.data_ptr<int64_t>(), labels.data_ptr<int64_t>());
   } else {
@@ -291,87 +290,15 @@ void dispatch(const MaskInputs& in, const MaskParams& P, at::Tensor& out, at::Te
   }
 }
 
-MaskArgs pack(const c10::optional<at::Tensor>& attention_mask,
-              const c10::optional<at::Tensor>& special_tokens_mask,
-              const c10::optional<at::Tensor>& word_ids, const c10::optional<at::Tensor>& pos_ids,
-              c10::optional<at::ArrayRef<double>> pos_probs,
-              const c10::optional<at::Tensor>& sample_ids,
-              const c10::optional<at::Tensor>& rng_state, at::IntArrayRef special_ids,
-              double mlm_probability, double mask_replace_prob, double random_replace_prob,
-              int64_t mask_token_id, int64_t vocab_size, int64_t seed, int64_t epoch, bool exact,
-              bool exclude_special_from_random) {
-  return MaskArgs{attention_mask,   special_tokens_mask, word_ids,
-                  pos_ids,          sample_ids,          rng_state,
-                  pos_probs,        special_ids,         mlm_probability,
-                  mask_replace_prob, random_replace_prob, mask_token_id,
-                  vocab_size,       seed,                epoch,
-                  exact,            exclude_special_from_random};
+std::tuple<at::Tensor, at::Tensor> mask_tokens_cpu(const at::Tensor& input_ids,
+                                                   MLMFAST_MASK_PARAMS) {
+  return mask_tokens_out_of_place(&cpu_kernel, input_ids, MLMFAST_MASK_ARGS_PASS);
 }
 
-std::tuple<at::Tensor, at::Tensor> mask_tokens_cpu(
-    const at::Tensor& input_ids, const c10::optional<at::Tensor>& attention_mask,
-    const c10::optional<at::Tensor>& special_tokens_mask, const c10::optional<at::Tensor>& word_ids,
-    const c10::optional<at::Tensor>& pos_ids, c10::optional<at::ArrayRef<double>> pos_probs,
-    const c10::optional<at::Tensor>& sample_ids, const c10::optional<at::Tensor>& rng_state,
-    at::IntArrayRef special_ids, double mlm_probability, double mask_replace_prob,
-    double random_replace_prob, int64_t mask_token_id, int64_t vocab_size, int64_t seed,
-    int64_t epoch, bool exact, bool exclude_special_from_random) {
-  const MaskArgs a = pack(attention_mask, special_tokens_mask, word_ids, pos_ids, pos_probs,
-                          sample_ids, rng_state, special_ids, mlm_probability, mask_replace_prob,
-                          random_replace_prob, mask_token_id, vocab_size, seed, epoch, exact,
-                          exclude_special_from_random);
-  MaskParams P;
-  MaskInputs in;
-  std::vector<at::Tensor> keep;
-  prepare_mask_call(input_ids, a, P, in, keep);
-  at::Tensor out = at::empty(input_ids.sizes(), input_ids.options());
-  at::Tensor labels = at::empty(input_ids.sizes(), input_ids.options());
-  dispatch(in, P, out, labels);
-  return {out, labels};
-}
-
-void mask_tokens_inplace_cpu(
-    const at::Tensor& input_ids, const at::Tensor& labels,
-    const c10::optional<at::Tensor>& attention_mask,
-    const c10::optional<at::Tensor>& special_tokens_mask, const c10::optional<at::Tensor>& word_ids,
-    const c10::optional<at::Tensor>& pos_ids, c10::optional<at::ArrayRef<double>> pos_probs,
-    const c10::optional<at::Tensor>& sample_ids, const c10::optional<at::Tensor>& rng_state,
-    at::IntArrayRef special_ids, double mlm_probability, double mask_replace_prob,
-    double random_replace_prob, int64_t mask_token_id, int64_t vocab_size, int64_t seed,
-    int64_t epoch, bool exact, bool exclude_special_from_random) {
-  const MaskArgs a = pack(attention_mask, special_tokens_mask, word_ids, pos_ids, pos_probs,
-                          sample_ids, rng_state, special_ids, mlm_probability, mask_replace_prob,
-                          random_replace_prob, mask_token_id, vocab_size, seed, epoch, exact,
-                          exclude_special_from_random);
-  MaskParams P;
-  MaskInputs in;
-  std::vector<at::Tensor> keep;
-  prepare_mask_call(input_ids, a, P, in, keep);
-  check_outputs(input_ids, labels);
-  // Validate ids before touching them, so a bad batch is reported and left intact.
-  if (in.batch > 0 && in.length > 0) {
-    const int64_t n = in.batch * in.length;
-    int64_t bad = -1;
-    if (input_ids.scalar_type() == at::kLong) {
-      const int64_t* p = input_ids.data_ptr<int64_t>();
-      for (int64_t i = 0; i < n && bad < 0; ++i) {
-        const bool att = !in.attention || load_flag(in.attention, in.attention_kind, i);
-        if (att && (p[i] < 0 || p[i] >= vocab_size)) bad = i;
-      }
-    } else {
-      const int32_t* p = input_ids.data_ptr<int32_t>();
-      for (int64_t i = 0; i < n && bad < 0; ++i) {
-        const bool att = !in.attention || load_flag(in.attention, in.attention_kind, i);
-        if (att && (p[i] < 0 || p[i] >= vocab_size)) bad = i;
-      }
-    }
-    TORCH_CHECK(bad < 0, "mask_tokens_: input_ids[", bad / in.length, ", ", bad % in.length,
-                "] is outside the vocabulary [0, vocab_size=", vocab_size,
-                "); input_ids left unchanged");
-  }
-  at::Tensor out = input_ids;
-  at::Tensor lab = labels;
-  dispatch(in, P, out, lab);
+void mask_tokens_inplace_cpu(const at::Tensor& input_ids, const at::Tensor& labels,
+                             MLMFAST_MASK_PARAMS) {
+  mask_tokens_in_place(&cpu_kernel, /*check_ids_first=*/true, input_ids, labels,
+                       MLMFAST_MASK_ARGS_PASS);
 }
 
 // Raw Philox4x32-10 blocks, for known-answer tests and for reference.py's self-check.
