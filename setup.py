@@ -52,7 +52,9 @@ def main() -> None:
         build_cuda, why = False, "MLMFAST_NO_CUDA=1"
     elif force_cuda:
         if not toolkit:
-            sys.exit(f"mlmfast: FORCE_CUDA=1 but no nvcc under CUDA_HOME={cuda_home!r}; set CUDA_HOME.")
+            sys.exit(
+                f"mlmfast: FORCE_CUDA=1 but no nvcc under CUDA_HOME={cuda_home!r}; set CUDA_HOME."
+            )
         if not torch_has_cuda:
             sys.exit("mlmfast: FORCE_CUDA=1 but the installed torch is a CPU-only build.")
         build_cuda, why = True, "FORCE_CUDA=1"
@@ -60,7 +62,11 @@ def main() -> None:
         build_cuda, why = True, "torch has CUDA and a toolkit was found"
     else:
         build_cuda = False
-        why = "torch is a CPU build" if not torch_has_cuda else f"no CUDA toolkit (CUDA_HOME={cuda_home!r})"
+        why = (
+            "torch is a CPU build"
+            if not torch_has_cuda
+            else f"no CUDA toolkit (CUDA_HOME={cuda_home!r})"
+        )
 
     if build_cuda:
         os.environ["CUDA_HOME"] = cuda_home

@@ -49,8 +49,8 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
   TORCH_CHECK(input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt,
               "mask_tokens: input_ids must be int64 or int32, got ", input_ids.scalar_type());
   const int64_t B = input_ids.size(0), L = input_ids.size(1);
-  TORCH_CHECK(L < kMaxRowLength, "mask_tokens: rows longer than 2^30 tokens are not supported, got ",
-              L);
+  TORCH_CHECK(L < kMaxRowLength,
+              "mask_tokens: rows longer than 2^30 tokens are not supported, got ", L);
 
   check_probability("mlm_probability", a.mlm_probability);
   check_probability("mask_replace_prob", a.mask_replace_prob);
@@ -68,8 +68,8 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
 
   std::vector<int64_t> specials(a.special_ids.begin(), a.special_ids.end());
   for (int64_t s : specials) {
-    TORCH_CHECK(s >= 0 && s < a.vocab_size, "mask_tokens: special_ids must be in [0, vocab_size=",
-                a.vocab_size, "), got ", s);
+    TORCH_CHECK(s >= 0 && s < a.vocab_size,
+                "mask_tokens: special_ids must be in [0, vocab_size=", a.vocab_size, "), got ", s);
   }
   std::sort(specials.begin(), specials.end());
   specials.erase(std::unique(specials.begin(), specials.end()), specials.end());
@@ -138,7 +138,8 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
     P.n_pos = static_cast<int32_t>(probs.size());
     for (size_t c = 0; c < probs.size(); ++c) {
       TORCH_CHECK(std::isfinite(probs[c]) && probs[c] >= 0.0 && probs[c] <= 1.0,
-                  "mask_tokens: pos_probs[", c, "] must be a probability in [0, 1], got ", probs[c]);
+                  "mask_tokens: pos_probs[", c, "] must be a probability in [0, 1], got ",
+                  probs[c]);
       P.t_pos[c] = threshold_of(probs[c]);
     }
   }
@@ -167,11 +168,12 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
 }
 
 void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels) {
-  TORCH_CHECK(labels.sizes() == input_ids.sizes() && labels.scalar_type() == input_ids.scalar_type(),
-              "mask_tokens_: labels must match input_ids (", input_ids.scalar_type(), " ",
-              input_ids.sizes(), "), got ", labels.scalar_type(), " ", labels.sizes());
-  TORCH_CHECK(labels.device() == input_ids.device(), "mask_tokens_: labels is on ",
-              labels.device(), " but input_ids is on ", input_ids.device());
+  TORCH_CHECK(
+      labels.sizes() == input_ids.sizes() && labels.scalar_type() == input_ids.scalar_type(),
+      "mask_tokens_: labels must match input_ids (", input_ids.scalar_type(), " ",
+      input_ids.sizes(), "), got ", labels.scalar_type(), " ", labels.sizes());
+  TORCH_CHECK(labels.device() == input_ids.device(), "mask_tokens_: labels is on ", labels.device(),
+              " but input_ids is on ", input_ids.device());
   TORCH_CHECK(input_ids.is_contiguous() && labels.is_contiguous(),
               "mask_tokens_: input_ids and labels must be contiguous for the in-place form");
   TORCH_CHECK(!labels.is_same(input_ids), "mask_tokens_: labels must not alias input_ids");

@@ -24,9 +24,12 @@ constexpr int kMaxPosClasses = 64;
 constexpr int64_t kIgnoreIndex = -100;
 
 // Counter tags (top two bits of the counter's first word) keep the draw streams apart.
-constexpr uint32_t kTagSelect = 0u << 30;   // token selection: index = rel_pos >> 2, lane = rel_pos & 3
-constexpr uint32_t kTagWord = 1u << 30;     // word selection:  index = word_id >> 2, lane = word_id & 3
-constexpr uint32_t kTagReplace = 2u << 30;  // 80/10/10: index = rel_pos; x = category, y = random id
+constexpr uint32_t kTagSelect = 0u
+                                << 30;  // token selection: index = rel_pos >> 2, lane = rel_pos & 3
+constexpr uint32_t kTagWord =
+    1u << 30;  // word selection:  index = word_id >> 2, lane = word_id & 3
+constexpr uint32_t kTagReplace = 2u
+                                 << 30;  // 80/10/10: index = rel_pos; x = category, y = random id
 constexpr uint32_t kIndexMask = (1u << 30) - 1;
 constexpr int64_t kMaxRowLength = int64_t(1) << 30;
 constexpr uint64_t kOne = uint64_t(1) << 32;  // threshold of probability 1
@@ -44,7 +47,7 @@ struct MaskParams {
   int64_t n_random;  // size of the pool random replacements are drawn from
   int32_t n_skip;    // how many of special[] are excluded from that pool (0 = HF behaviour)
   int32_t n_special;
-  int32_t n_pos;     // 0 = no POS table
+  int32_t n_pos;                    // 0 = no POS table
   int64_t special[kMaxSpecialIds];  // sorted, unique
   uint64_t t_pos[kMaxPosClasses];   // per-class thresholds when n_pos > 0
 };
@@ -109,7 +112,8 @@ MLMFAST_HD bool hits(uint32_t u, uint64_t t) { return static_cast<uint64_t>(u) <
 // specials (all of them when exclude_special_from_random, none for HF behaviour).
 // u -> j by a 32x32 multiply-high (Lemire), bias below n_random / 2^32.
 MLMFAST_HD int64_t random_token(const MaskParams& P, uint32_t u) {
-  int64_t id = static_cast<int64_t>((static_cast<uint64_t>(u) * static_cast<uint64_t>(P.n_random)) >> 32);
+  int64_t id =
+      static_cast<int64_t>((static_cast<uint64_t>(u) * static_cast<uint64_t>(P.n_random)) >> 32);
   for (int i = 0; i < P.n_skip; ++i) {
     if (P.special[i] <= id) ++id;
   }

@@ -3,7 +3,6 @@
 #include <Python.h>
 #include <torch/library.h>
 
-
 // Importing mlmfast._C from Python loads this shared object, which runs the static
 // registrations below. No Python bindings live here (Py_LIMITED_API: one wheel per platform).
 PyMODINIT_FUNC PyInit__C(void) {
@@ -11,7 +10,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 
-#define MLMFAST_MASK_ARGS                                                                     \
+#define MLMFAST_MASK_ARGS                                                                    \
   "Tensor? attention_mask, Tensor? special_tokens_mask, Tensor? word_ids, Tensor? pos_ids, " \
   "float[]? pos_probs, Tensor? sample_ids, Tensor? rng_state, int[] special_ids, "           \
   "float mlm_probability, float mask_replace_prob, float random_replace_prob, "              \

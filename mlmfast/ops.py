@@ -65,9 +65,13 @@ def _args(
     exclude_special_from_random,
 ):
     if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"mask_tokens: input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+        raise TypeError(
+            f"mask_tokens: input_ids must be a torch.Tensor, got {type(input_ids).__name__}"
+        )
     if mask_token_id is None:
-        raise ValueError("mask_tokens: mask_token_id is required (the tokenizer has no mask token?)")
+        raise ValueError(
+            "mask_tokens: mask_token_id is required (the tokenizer has no mask token?)"
+        )
     if vocab_size is None:
         raise ValueError("mask_tokens: vocab_size is required")
     if seed is None:

@@ -97,9 +97,12 @@ def _exact_selection(eligible, u, t, words) -> torch.Tensor:
         k = (tsum + (ONE >> 1)) >> 32
         if k == 0 and any_positive:
             k = 1
+
+        def by_rank(a, c, units=units):
+            return _ranks_before(units[a][:3], units[c][:3])
+
         ranked = sorted(
-            (key for key, v in units.items() if v[1] > 0),
-            key=functools.cmp_to_key(lambda a, c: _ranks_before(units[a][:3], units[c][:3])),
+            (key for key, v in units.items() if v[1] > 0), key=functools.cmp_to_key(by_rank)
         )
         taken, count = set(), 0
         for key in ranked:
@@ -141,8 +144,10 @@ def mask_tokens(
     """Same contract as :func:`mlmfast.mask_tokens` (CPU tensors), computed in plain PyTorch."""
     device, dtype = input_ids.device, input_ids.dtype
     squeeze = input_ids.dim() == 1
-    to2d = (lambda x: None if x is None else x.cpu().reshape(1, -1)) if squeeze else (
-        lambda x: None if x is None else x.cpu()
+    to2d = (
+        (lambda x: None if x is None else x.cpu().reshape(1, -1))
+        if squeeze
+        else (lambda x: None if x is None else x.cpu())
     )
     ids = to2d(input_ids).long()
     B, L = ids.shape
@@ -215,7 +220,9 @@ def mask_tokens(
         )
     out = torch.where(selected, replaced, ids)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
-    positions = torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1) if return_positions else None
+    positions = (
+        torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1) if return_positions else None
+    )
     if squeeze:
         out, labels = out.squeeze(0), labels.squeeze(0)
     out, labels = out.to(device=device, dtype=dtype), labels.to(device=device, dtype=dtype)

@@ -35,7 +35,7 @@ struct Problems {
 template <typename T>
 struct RowView {
   const T* ids;
-  int64_t row;  // index of the row in the batch
+  int64_t row;    // index of the row in the batch
   int64_t start;  // first attended position: positions are counted from here
   RowKey key;
 };
@@ -71,8 +71,8 @@ inline void check_token(const MaskInputs& in, const MaskParams& P, int64_t flat,
 
 // Bernoulli mode: every eligible token (or word) independently with its threshold.
 template <typename T>
-void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out,
-                   T* lab, Problems& pr) {
+void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out, T* lab,
+                   Problems& pr) {
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   int64_t cached_block = -1;

