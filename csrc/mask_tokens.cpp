@@ -206,6 +206,11 @@ template <typename T>
 int64_t first_out_of_vocab(const at::Tensor& ids, const MaskInputs& in, int64_t vocab_size) {
   const T* p = ids.data_ptr<T>();
   const int64_t n = in.batch * in.length;
+  // Fast, vectorisable screen over every id; the exact (attention-aware) scan runs only when it
+  // finds something, since padding may legitimately hold any id.
+  bool any = false;
+  for (int64_t i = 0; i < n; ++i) any |= (p[i] < 0) | (static_cast<int64_t>(p[i]) >= vocab_size);
+  if (!any) return -1;
   for (int64_t i = 0; i < n; ++i) {
     const bool att = !in.attention || load_flag(in.attention, in.attention_kind, i);
     if (att && (p[i] < 0 || static_cast<int64_t>(p[i]) >= vocab_size)) return i;

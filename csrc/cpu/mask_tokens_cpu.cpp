@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
+#include "cpu/philox_batch.h"
 #include "mask_tokens.h"
 
 namespace mlmfast {
@@ -109,39 +111,118 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   }
 }
 
-// Fast path: no word ids, no POS table, no special_tokens_mask; selection draws four at a time.
+// Fast path (no word ids, no POS table, no special_tokens_mask): the row goes in chunks; the
+// selection draws of a chunk come from one vectorised Philox batch, decisions are branch-free,
+// and only the selected tokens (~15%) draw their 80/10/10 numbers, again as one batch.
+constexpr int kChunk = 256;
+
+template <typename T, typename A, bool kAtt>
+void plain_row(const MaskParams& P, const RowKey& key, const T* ids, const A* att, int64_t n, T* o,
+               T* l, bool& bad) {
+  alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
+  alignas(64) uint32_t u[kChunk];
+  alignas(64) int32_t sel[kChunk];
+  alignas(64) uint8_t cand[kChunk], rng[kChunk];
+  alignas(64) T idb[kChunk];
+  alignas(64) A atb[kAtt ? kChunk : 1];
+  const int64_t smin = P.n_special ? P.special[0] : 1;
+  const int64_t smax = P.n_special ? P.special[P.n_special - 1] : 0;
+  const u32x2 k{key.seed_lo, key.seed_hi};
+  const uint32_t sid_lo = static_cast<uint32_t>(key.sample_id);
+  const uint32_t sid_hi = static_cast<uint32_t>(key.sample_id >> 32);
+  const uint64_t t = P.t_select;
+  const int64_t vocab = P.vocab_size;
+  bool any_bad = false;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+    const int nb = (m + 3) >> 2;
+    const uint32_t b0 = static_cast<uint32_t>(c >> 2);
+    for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
+    philox_batch(nb, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+    for (int i = 0; i < nb; ++i) {
+      u[4 * i] = rx[i];
+      u[4 * i + 1] = ry[i];
+      u[4 * i + 2] = rz[i];
+      u[4 * i + 3] = rw[i];
+    }
+    // Vectorisable: candidates by draw and attention, outputs written as "not selected".
+    // The chunk's ids are read into a local buffer first, so the in-place form (o == ids)
+    // aliases nothing the loops read.
+    std::memcpy(idb, ids + c, sizeof(T) * m);
+    if constexpr (kAtt) std::memcpy(atb, att + c, sizeof(A) * m);
+    for (int q = 0; q < m; ++q) {
+      const T id = idb[q];
+      const bool a = kAtt ? atb[q] != 0 : true;
+      any_bad |= a & ((id < 0) | (static_cast<int64_t>(id) >= vocab));
+      const bool cq = a & (static_cast<uint64_t>(u[q]) < t);
+      cand[q] = cq;
+      rng[q] = cq & (static_cast<int64_t>(id) >= smin) & (static_cast<int64_t>(id) <= smax);
+    }
+    std::memcpy(o + c, idb, sizeof(T) * m);
+    std::fill(l + c, l + c + m, static_cast<T>(kIgnoreIndex));
+    // Compaction; the special-id lookup only runs for candidates inside the specials' range.
+    int ns = 0;
+    for (int q = 0; q < m; ++q) {
+      const int64_t id = idb[q];
+      const bool special = rng[q] && is_special(P, id);
+      sel[ns] = q;
+      ns += cand[q] & !special;
+    }
+    if (ns == 0) continue;
+    for (int i = 0; i < ns; ++i) l[c + sel[i]] = idb[sel[i]];
+    if (P.t_mask >= kOne) {
+      for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<T>(P.mask_token_id);
+      continue;
+    }
+    if (P.t_mask == 0 && P.t_random == 0) continue;
+    for (int i = 0; i < ns; ++i)
+      ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
+    philox_batch(ns, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+    const uint64_t t_rand = P.t_mask + P.t_random;
+    for (int i = 0; i < ns; ++i) {
+      const int64_t j = c + sel[i];
+      if (hits(rx[i], P.t_mask))
+        o[j] = static_cast<T>(P.mask_token_id);
+      else if (hits(rx[i], t_rand))
+        o[j] = static_cast<T>(random_token(P, ry[i]));
+    }
+  }
+  bad |= any_bad;
+}
+
 template <typename T>
 void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out,
                          T* lab, Problems& pr) {
   const int64_t L = in.length;
   const int64_t base = r.row * L;
-  const uint64_t t = P.t_select;
   for (int64_t j = 0; j < r.start; ++j) {
     check_token(in, P, base + j, r.ids[j], pr);
     out[j] = r.ids[j];
     lab[j] = static_cast<T>(kIgnoreIndex);
   }
-  const T* ids = r.ids + r.start;
-  T* o = out + r.start;
-  T* l = lab + r.start;
-  const int64_t n = L - r.start;
-  const int64_t obase = base + r.start;
+  const int64_t s = r.start, n = L - r.start;
   bool bad = false;
-  for (int64_t b = 0; b * 4 < n; ++b) {
-    const u32x4 d = select_block(r.key, static_cast<uint32_t>(b));
-    const uint32_t u[4] = {d.x, d.y, d.z, d.w};
-    const int64_t m = std::min<int64_t>(4, n - b * 4);
-    for (int64_t q = 0; q < m; ++q) {
-      const int64_t j = b * 4 + q;
-      const T id = ids[j];
-      const bool att = !in.attention || load_flag(in.attention, in.attention_kind, obase + j);
-      bad |= att & ((id < 0) | (static_cast<int64_t>(id) >= P.vocab_size));
-      const bool selected = att && hits(u[q], t) && !is_special(P, id);
-      emit(P, r.key, selected, static_cast<uint32_t>(j), id, o[j], l[j]);
-    }
+  switch (in.attention_kind) {
+    case kByte:
+      plain_row<T, uint8_t, true>(P, r.key, r.ids + s,
+                                  static_cast<const uint8_t*>(in.attention) + base + s, n, out + s,
+                                  lab + s, bad);
+      break;
+    case kInt32:
+      plain_row<T, int32_t, true>(P, r.key, r.ids + s,
+                                  static_cast<const int32_t*>(in.attention) + base + s, n, out + s,
+                                  lab + s, bad);
+      break;
+    case kInt64:
+      plain_row<T, int64_t, true>(P, r.key, r.ids + s,
+                                  static_cast<const int64_t*>(in.attention) + base + s, n, out + s,
+                                  lab + s, bad);
+      break;
+    default:
+      plain_row<T, uint8_t, false>(P, r.key, r.ids + s, nullptr, n, out + s, lab + s, bad);
   }
   if (bad) {
-    for (int64_t j = 0; j < n; ++j) check_token(in, P, obase + j, ids[j], pr);
+    for (int64_t j = s; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
   }
 }
 
