@@ -19,12 +19,12 @@ test-all:
 lint:
 	ruff check .
 	ruff format --check .
-	clang-format --dry-run --Werror csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu
+	clang-format --dry-run --Werror csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu
 
 format:
 	ruff check --fix .
 	ruff format .
-	clang-format -i csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu
+	clang-format -i csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu
 
 bench:
 	python benchmarks/bench_mask.py

@@ -535,7 +535,7 @@ def _pf(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def run_shape(mlmfast, collator, shape, device, args, copy_bw) -> dict:
+def run_shape(mlmfast, collator, shape, device, args) -> tuple[dict, dict]:
     batch, length = shape
     cpu_data = make_batch(batch, length, seed=1_000_003 * batch + length)
     data = {k: v.to(device) for k, v in cpu_data.items()}
@@ -601,14 +601,28 @@ def run_shape(mlmfast, collator, shape, device, args, copy_bw) -> dict:
         if "median_s" in res:
             res["tokens_per_s"] = tokens / res["median_s"]
 
-    if device.type == "cuda" and "median_s" in entry["results"].get("mlmfast", {}):
-        try:
-            res = time_cuda_graph(mlmfast, data, args.repeats)
-            res["tokens_per_s"] = tokens / res["median_s"]
-        except Exception as exc:
-            res = {"error": _err(exc)}
-        entry["results"]["mlmfast_graph"] = res
+    return entry, data
 
+
+def add_graph_timing(mlmfast, entry, data, args) -> bool:
+    """CUDA-graph timing of mlmfast (run after every normal timing: a failed capture can leave
+    the CUDA context unusable). Returns False when the capture failed."""
+    if "median_s" not in entry["results"].get("mlmfast", {}):
+        return True
+    try:
+        res = time_cuda_graph(mlmfast, data, args.repeats)
+        res["tokens_per_s"] = entry["tokens"] / res["median_s"]
+        ok = True
+    except Exception as exc:
+        res = {"error": _err(exc)}
+        ok = False
+    entry["results"]["mlmfast_graph"] = res
+    return ok
+
+
+def finalize(entry, device, copy_bw) -> None:
+    """Ratios and targets from the medians."""
+    tokens = entry["tokens"]
     med = {k: v["median_s"] for k, v in entry["results"].items() if "median_s" in v}
     tv = [med[k] for k in ("torch_vec_dense", "torch_vec_sparse") if k in med]
     if tv:
@@ -631,7 +645,6 @@ def run_shape(mlmfast, collator, shape, device, args, copy_bw) -> dict:
         ratios[name] = r
     entry["ratios"] = ratios
     entry["targets"] = targets_for(entry, device, med, copy_bw)
-    return entry
 
 
 def targets_for(entry, device, med, copy_bw) -> list[dict]:
@@ -767,10 +780,25 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     entries = []
+    datas = []
     for shape in shapes:
-        entry = run_shape(mlmfast, collator, shape, device, args, copy_bw)
-        print_shape(entry, device)
+        entry, data = run_shape(mlmfast, collator, shape, device, args)
         entries.append(entry)
+        if device.type == "cuda":
+            datas.append(data)  # graph timing and the table come after every shape is timed
+            print(f"timed {shape[0]}x{shape[1]}")
+        else:
+            finalize(entry, device, copy_bw)
+            print_shape(entry, device)
+        del data
+    if device.type == "cuda":
+        graphs_ok = True
+        for entry, data in zip(entries, datas, strict=True):
+            if graphs_ok:
+                graphs_ok = add_graph_timing(mlmfast, entry, data, args)
+            finalize(entry, device, copy_bw)
+            print_shape(entry, device)
+        del datas
     wall = time.perf_counter() - t_start
 
     report = {
