@@ -111,31 +111,142 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   }
 }
 
-// Fast path (no word ids, no POS table, no special_tokens_mask): the row goes in chunks; the
-// selection draws of a chunk come from one vectorised Philox batch, decisions are branch-free,
-// and only the selected tokens (~15%) draw their 80/10/10 numbers, again as one batch.
+// The per-chunk loops are written once and compiled twice, for the baseline ISA and for AVX2
+// (picked at run time): compares of int64 ids and masks only vectorise with AVX2.
+#define MLMFAST_ALWAYS_INLINE __attribute__((always_inline)) inline
+
+template <typename F>
+MLMFAST_ALWAYS_INLINE void and_flags(const F* f, int m, bool invert, uint8_t* allow) {
+  for (int q = 0; q < m; ++q) allow[q] &= static_cast<uint8_t>((f[q] != 0) != invert);
+}
+
+MLMFAST_ALWAYS_INLINE void and_flags(const void* p, int32_t kind, int64_t off, int m, bool invert,
+                                     uint8_t* allow) {
+  switch (kind) {
+    case kByte:
+      return and_flags(static_cast<const uint8_t*>(p) + off, m, invert, allow);
+    case kInt32:
+      return and_flags(static_cast<const int32_t*>(p) + off, m, invert, allow);
+    case kInt64:
+      return and_flags(static_cast<const int64_t*>(p) + off, m, invert, allow);
+    default:
+      return;
+  }
+}
+
+struct ChunkScan {
+  uint8_t bad;  // an attended id outside [0, vocab_size)
+  int last;     // 1 + the last token that may be selected, 0 if none
+};
+
+// allow[q] = attended and not flagged special; ids are checked where attended.
+template <typename T>
+MLMFAST_ALWAYS_INLINE ChunkScan scan_chunk_body(int m, const T* idb, const MaskInputs& in,
+                                                int64_t off, int64_t vocab, uint8_t* allow) {
+  std::memset(allow, 1, m);
+  and_flags(in.attention, in.attention_kind, off, m, false, allow);
+  uint8_t bad = 0;
+  for (int q = 0; q < m; ++q)
+    bad |= allow[q] & static_cast<uint8_t>(static_cast<uint64_t>(static_cast<int64_t>(idb[q])) >=
+                                           static_cast<uint64_t>(vocab));
+  and_flags(in.special_mask, in.special_mask_kind, off, m, true, allow);
+  int last = 0;
+  for (int q = 0; q < m; ++q) last = allow[q] ? q + 1 : last;
+  return ChunkScan{bad, last};
+}
+
+// cand = allowed and drawn under the threshold; rng = cand with an id inside the specials' range.
+template <typename T>
+MLMFAST_ALWAYS_INLINE void decide_chunk_body(int m, const T* idb, const uint8_t* allow,
+                                             const uint32_t* u, uint32_t t32, uint8_t t_all,
+                                             int64_t smin, uint64_t span, uint8_t* cand,
+                                             uint8_t* rng) {
+  for (int q = 0; q < m; ++q) {
+    const uint8_t cq = allow[q] & static_cast<uint8_t>((u[q] < t32) | t_all);
+    cand[q] = cq;
+    rng[q] = cq & static_cast<uint8_t>(static_cast<uint64_t>(static_cast<int64_t>(idb[q]) - smin) <=
+                                       span);
+  }
+}
+
+#if MLMFAST_X86_DISPATCH
+template <typename T>
+__attribute__((target("avx2"))) ChunkScan scan_chunk_avx2(int m, const T* idb, const MaskInputs& in,
+                                                          int64_t off, int64_t vocab,
+                                                          uint8_t* allow) {
+  return scan_chunk_body(m, idb, in, off, vocab, allow);
+}
+template <typename T>
+__attribute__((target("avx2"))) void decide_chunk_avx2(int m, const T* idb, const uint8_t* allow,
+                                                       const uint32_t* u, uint32_t t32,
+                                                       uint8_t t_all, int64_t smin, uint64_t span,
+                                                       uint8_t* cand, uint8_t* rng) {
+  decide_chunk_body(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
+}
+#endif
+
+inline bool use_avx2() {
+#if MLMFAST_X86_DISPATCH
+  return philox_batch_detail::detect() >= philox_batch_detail::kAvx2;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+ChunkScan scan_chunk(int m, const T* idb, const MaskInputs& in, int64_t off, int64_t vocab,
+                     uint8_t* allow) {
+#if MLMFAST_X86_DISPATCH
+  if (use_avx2()) return scan_chunk_avx2(m, idb, in, off, vocab, allow);
+#endif
+  return scan_chunk_body(m, idb, in, off, vocab, allow);
+}
+
+template <typename T>
+void decide_chunk(int m, const T* idb, const uint8_t* allow, const uint32_t* u, uint32_t t32,
+                  uint8_t t_all, int64_t smin, uint64_t span, uint8_t* cand, uint8_t* rng) {
+#if MLMFAST_X86_DISPATCH
+  if (use_avx2()) return decide_chunk_avx2(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
+#endif
+  decide_chunk_body(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
+}
+
+// Fast path for rows without word ids or POS classes: the row goes in chunks; the selection
+// draws of a chunk come from one vectorised Philox batch (and only up to its last selectable
+// token, so padding costs no draws), decisions are branch-free, and only the selected tokens
+// (~15%) draw their 80/10/10 numbers, again as one batch.
 constexpr int kChunk = 256;
 
-template <typename T, typename A, bool kAtt>
-void plain_row(const MaskParams& P, const RowKey& key, const T* ids, const A* att, int64_t n, T* o,
-               T* l, bool& bad) {
+template <typename T>
+void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, const T* ids,
+               int64_t off, int64_t n, T* o, T* l, bool& bad) {
   alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
   alignas(64) uint32_t u[kChunk];
   alignas(64) int32_t sel[kChunk];
-  alignas(64) uint8_t cand[kChunk], rng[kChunk];
+  alignas(64) uint8_t allow[kChunk], cand[kChunk], rng[kChunk];
   alignas(64) T idb[kChunk];
-  alignas(64) A atb[kAtt ? kChunk : 1];
-  const int64_t smin = P.n_special ? P.special[0] : 1;
-  const int64_t smax = P.n_special ? P.special[P.n_special - 1] : 0;
+  // Without specials, an empty range [vocab, vocab]: no valid id falls inside it.
+  const int64_t smin = P.n_special ? P.special[0] : P.vocab_size;
+  const uint64_t span = P.n_special ? static_cast<uint64_t>(P.special[P.n_special - 1] - smin) : 0;
   const u32x2 k{key.seed_lo, key.seed_hi};
   const uint32_t sid_lo = static_cast<uint32_t>(key.sample_id);
   const uint32_t sid_hi = static_cast<uint32_t>(key.sample_id >> 32);
-  const uint64_t t = P.t_select;
-  const int64_t vocab = P.vocab_size;
+  const uint32_t t32 = static_cast<uint32_t>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu));
+  const uint8_t t_all = P.t_select >= kOne;
+  const uint64_t t_rand = P.t_mask + P.t_random;
   bool any_bad = false;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
-    const int nb = (m + 3) >> 2;
+    // The chunk's ids go to a local buffer first, so the in-place form (o == ids) aliases
+    // nothing the loops read.
+    std::memcpy(idb, ids + c, sizeof(T) * m);
+    const ChunkScan scan = scan_chunk(m, idb, in, off + c, P.vocab_size, allow);
+    any_bad |= scan.bad != 0;
+    std::memcpy(o + c, idb, sizeof(T) * m);
+    std::fill(l + c, l + c + m, static_cast<T>(kIgnoreIndex));
+    const int mm = scan.last;
+    if (mm == 0) continue;
+    const int nb = (mm + 3) >> 2;
     const uint32_t b0 = static_cast<uint32_t>(c >> 2);
     for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
     philox_batch(nb, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
@@ -145,26 +256,11 @@ void plain_row(const MaskParams& P, const RowKey& key, const T* ids, const A* at
       u[4 * i + 2] = rz[i];
       u[4 * i + 3] = rw[i];
     }
-    // Vectorisable: candidates by draw and attention, outputs written as "not selected".
-    // The chunk's ids are read into a local buffer first, so the in-place form (o == ids)
-    // aliases nothing the loops read.
-    std::memcpy(idb, ids + c, sizeof(T) * m);
-    if constexpr (kAtt) std::memcpy(atb, att + c, sizeof(A) * m);
-    for (int q = 0; q < m; ++q) {
-      const T id = idb[q];
-      const bool a = kAtt ? atb[q] != 0 : true;
-      any_bad |= a & ((id < 0) | (static_cast<int64_t>(id) >= vocab));
-      const bool cq = a & (static_cast<uint64_t>(u[q]) < t);
-      cand[q] = cq;
-      rng[q] = cq & (static_cast<int64_t>(id) >= smin) & (static_cast<int64_t>(id) <= smax);
-    }
-    std::memcpy(o + c, idb, sizeof(T) * m);
-    std::fill(l + c, l + c + m, static_cast<T>(kIgnoreIndex));
+    decide_chunk(mm, idb, allow, u, t32, t_all, smin, span, cand, rng);
     // Compaction; the special-id lookup only runs for candidates inside the specials' range.
     int ns = 0;
-    for (int q = 0; q < m; ++q) {
-      const int64_t id = idb[q];
-      const bool special = rng[q] && is_special(P, id);
+    for (int q = 0; q < mm; ++q) {
+      const bool special = rng[q] && is_special(P, static_cast<int64_t>(idb[q]));
       sel[ns] = q;
       ns += cand[q] & !special;
     }
@@ -178,7 +274,6 @@ void plain_row(const MaskParams& P, const RowKey& key, const T* ids, const A* at
     for (int i = 0; i < ns; ++i)
       ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
     philox_batch(ns, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-    const uint64_t t_rand = P.t_mask + P.t_random;
     for (int i = 0; i < ns; ++i) {
       const int64_t j = c + sel[i];
       if (hits(rx[i], P.t_mask))
@@ -195,34 +290,13 @@ void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowVie
                          T* lab, Problems& pr) {
   const int64_t L = in.length;
   const int64_t base = r.row * L;
-  for (int64_t j = 0; j < r.start; ++j) {
-    check_token(in, P, base + j, r.ids[j], pr);
-    out[j] = r.ids[j];
-    lab[j] = static_cast<T>(kIgnoreIndex);
-  }
-  const int64_t s = r.start, n = L - r.start;
+  for (int64_t j = 0; j < r.start; ++j) out[j] = r.ids[j];
+  std::fill(lab, lab + r.start, static_cast<T>(kIgnoreIndex));
   bool bad = false;
-  switch (in.attention_kind) {
-    case kByte:
-      plain_row<T, uint8_t, true>(P, r.key, r.ids + s,
-                                  static_cast<const uint8_t*>(in.attention) + base + s, n, out + s,
-                                  lab + s, bad);
-      break;
-    case kInt32:
-      plain_row<T, int32_t, true>(P, r.key, r.ids + s,
-                                  static_cast<const int32_t*>(in.attention) + base + s, n, out + s,
-                                  lab + s, bad);
-      break;
-    case kInt64:
-      plain_row<T, int64_t, true>(P, r.key, r.ids + s,
-                                  static_cast<const int64_t*>(in.attention) + base + s, n, out + s,
-                                  lab + s, bad);
-      break;
-    default:
-      plain_row<T, uint8_t, false>(P, r.key, r.ids + s, nullptr, n, out + s, lab + s, bad);
-  }
+  plain_row(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
+            lab + r.start, bad);
   if (bad) {
-    for (int64_t j = s; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
+    for (int64_t j = r.start; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
   }
 }
 
@@ -335,7 +409,7 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
       T* l = lab + b * L;
       if (in.exact) {
         exact_row(in, P, r, o, l, pr, units, unit_of, words, taken);
-      } else if (!in.word_ids && P.n_pos == 0 && !in.special_mask) {
+      } else if (!in.word_ids && P.n_pos == 0) {
         bernoulli_row_plain(in, P, r, o, l, pr);
       } else {
         bernoulli_row(in, P, r, o, l, pr);
