@@ -312,7 +312,8 @@ struct Unit {
 template <typename T>
 void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out, T* lab,
                Problems& pr, std::vector<Unit>& units, std::vector<int64_t>& unit_of,
-               std::vector<std::pair<int64_t, int64_t>>& words, std::vector<uint8_t>& taken) {
+               std::vector<std::pair<int64_t, int64_t>>& words, std::vector<uint8_t>& taken,
+               std::vector<int32_t>& order) {
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   units.clear();
@@ -362,20 +363,32 @@ void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T
   }
   const uint64_t k = exact_budget(tsum, any_positive);
   taken.assign(units.size(), 0);
-  std::vector<int32_t> order;
-  order.reserve(units.size());
-  for (size_t i = 0; i < units.size(); ++i)
-    if (units[i].t > 0) order.push_back(static_cast<int32_t>(i));
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+  order.clear();
+  bool single = true;
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (units[i].t == 0) continue;
+    order.push_back(static_cast<int32_t>(i));
+    single &= units[i].size == 1;
+  }
+  auto before = [&](int32_t a, int32_t b) {
     const Unit &A = units[a], &B = units[b];
     return ranks_before(A.u, A.t, A.first, B.u, B.t, B.first);
-  });
+  };
   uint64_t count = 0;
-  for (int32_t i : order) {
-    if (count >= k) break;
-    if (count + static_cast<uint64_t>(units[i].size) <= k) {
-      taken[i] = 1;
-      count += static_cast<uint64_t>(units[i].size);
+  if (single) {
+    // Single-token units: the budget takes exactly the k best, in any order.
+    const size_t kk = std::min<size_t>(k, order.size());
+    std::nth_element(order.begin(), order.begin() + kk, order.end(), before);
+    for (size_t i = 0; i < kk; ++i) taken[order[i]] = 1;
+    count = kk;
+  } else {
+    std::sort(order.begin(), order.end(), before);
+    for (int32_t i : order) {
+      if (count >= k) break;
+      if (count + static_cast<uint64_t>(units[i].size) <= k) {
+        taken[i] = 1;
+        count += static_cast<uint64_t>(units[i].size);
+      }
     }
   }
   if (count == 0 && k > 0 && !order.empty()) taken[order[0]] = 1;
@@ -401,6 +414,7 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
     std::vector<int64_t> unit_of;
     std::vector<std::pair<int64_t, int64_t>> words;
     std::vector<uint8_t> taken;
+    std::vector<int32_t> order;
     for (int64_t b = b0; b < b1; ++b) {
       const T* ids = static_cast<const T*>(in.ids) + b * L;
       const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
@@ -408,7 +422,7 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
       T* o = out + b * L;
       T* l = lab + b * L;
       if (in.exact) {
-        exact_row(in, P, r, o, l, pr, units, unit_of, words, taken);
+        exact_row(in, P, r, o, l, pr, units, unit_of, words, taken, order);
       } else if (!in.word_ids && P.n_pos == 0) {
         bernoulli_row_plain(in, P, r, o, l, pr);
       } else {
