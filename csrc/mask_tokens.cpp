@@ -217,6 +217,31 @@ int64_t first_out_of_vocab(const at::Tensor& ids, const MaskInputs& in, int64_t 
   }
   return -1;
 }
+
+// Everything the CPU kernel would reject, checked before the in-place form writes anything.
+void check_before_writing(const at::Tensor& input_ids, const MaskInputs& in, const MaskParams& P) {
+  const int64_t n = in.batch * in.length, L = in.length;
+  const int64_t bad = input_ids.scalar_type() == at::kLong
+                          ? first_out_of_vocab<int64_t>(input_ids, in, P.vocab_size)
+                          : first_out_of_vocab<int32_t>(input_ids, in, P.vocab_size);
+  TORCH_CHECK(bad < 0, "mask_tokens_: input_ids[", bad / L, ", ", bad % L,
+              "] is outside the vocabulary [0, vocab_size=", P.vocab_size,
+              "); input_ids left unchanged");
+  if (in.pos_ids) {
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(in.pos_ids[i] < P.n_pos, "mask_tokens_: pos_ids[", i / L, ", ", i % L,
+                  "] = ", int(in.pos_ids[i]), " has no entry in pos_probs (", P.n_pos,
+                  " classes); input_ids left unchanged");
+    }
+  }
+  if (in.word_ids) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t w = load_word(in.word_ids, in.word_kind, i);
+      TORCH_CHECK(w <= int64_t(0xFFFFFFFF), "mask_tokens_: word_ids[", i / L, ", ", i % L,
+                  "] = ", w, " must be below 2^32; input_ids left unchanged");
+    }
+  }
+}
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> mask_tokens_out_of_place(MaskKernel kernel,
@@ -233,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_out_of_place(MaskKernel kernel,
   return {out, labels};
 }
 
-void mask_tokens_in_place(MaskKernel kernel, bool check_ids_first, const at::Tensor& input_ids,
+void mask_tokens_in_place(MaskKernel kernel, bool check_first, const at::Tensor& input_ids,
                           const at::Tensor& labels, MLMFAST_MASK_PARAMS) {
   const MaskArgs a = pack(MLMFAST_MASK_ARGS_PASS);
   MaskParams P;
@@ -242,15 +267,7 @@ void mask_tokens_in_place(MaskKernel kernel, bool check_ids_first, const at::Ten
   check_outputs(input_ids, labels);
   prepare_mask_call(input_ids, a, P, in, keep);
   if (in.batch == 0 || in.length == 0) return;
-  if (check_ids_first) {
-    // A bad batch is reported and left intact.
-    const int64_t bad = input_ids.scalar_type() == at::kLong
-                            ? first_out_of_vocab<int64_t>(input_ids, in, vocab_size)
-                            : first_out_of_vocab<int32_t>(input_ids, in, vocab_size);
-    TORCH_CHECK(bad < 0, "mask_tokens_: input_ids[", bad / in.length, ", ", bad % in.length,
-                "] is outside the vocabulary [0, vocab_size=", vocab_size,
-                "); input_ids left unchanged");
-  }
+  if (check_first) check_before_writing(input_ids, in, P);  // a bad batch is left intact
   at::Tensor out = input_ids;
   at::Tensor lab = labels;
   kernel(in, P, out, lab);

@@ -88,12 +88,12 @@ using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& ou
       special_ids, mlm_probability, mask_replace_prob, random_replace_prob, mask_token_id,  \
       vocab_size, seed, epoch, exact, exclude_special_from_random
 
-// Out-of-place and in-place forms, shared by the backends. `check_ids_first` validates the ids
-// against the vocabulary before anything is written (CPU; a CUDA check would cost a host sync).
+// Out-of-place and in-place forms, shared by the backends. `check_first` validates the ids, POS
+// classes and word ids before anything is written (CPU; on CUDA it would cost a host sync).
 std::tuple<at::Tensor, at::Tensor> mask_tokens_out_of_place(MaskKernel kernel,
                                                             const at::Tensor& input_ids,
                                                             MLMFAST_MASK_PARAMS);
-void mask_tokens_in_place(MaskKernel kernel, bool check_ids_first, const at::Tensor& input_ids,
+void mask_tokens_in_place(MaskKernel kernel, bool check_first, const at::Tensor& input_ids,
                           const at::Tensor& labels, MLMFAST_MASK_PARAMS);
 
 }  // namespace mlmfast

@@ -156,6 +156,10 @@ def mask_tokens(
             overrides ``seed``/``epoch`` and is read by the kernel, so the call can be captured
             in a CUDA graph and replayed with new values.
     """
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(
+            f"mask_tokens: input_ids must be a torch.Tensor, got {type(input_ids).__name__}"
+        )
     squeeze = input_ids.dim() == 1
     if squeeze:
         input_ids = input_ids.unsqueeze(0)

@@ -139,19 +139,45 @@ struct ChunkScan {
   int last;     // 1 + the last token that may be selected, 0 if none
 };
 
-// allow[q] = attended and not flagged special; ids are checked where attended.
+// Special ids tested by direct comparison in the vectorised scan (BERT has 5); longer lists go
+// through the range test + binary search of masking.h.
+constexpr int kInlineSpecials = 8;
+
+// allow[q] = attended, not flagged special and (for short lists) not a special id; ids are
+// checked where attended.
 template <typename T>
 MLMFAST_ALWAYS_INLINE ChunkScan scan_chunk_body(int m, const T* idb, const MaskInputs& in,
-                                                int64_t off, int64_t vocab, uint8_t* allow) {
+                                                int64_t off, const MaskParams& P, uint8_t* allow) {
   std::memset(allow, 1, m);
   and_flags(in.attention, in.attention_kind, off, m, false, allow);
   uint8_t bad = 0;
+  const uint64_t vocab = static_cast<uint64_t>(P.vocab_size);
   for (int q = 0; q < m; ++q)
-    bad |= allow[q] & static_cast<uint8_t>(static_cast<uint64_t>(static_cast<int64_t>(idb[q])) >=
-                                           static_cast<uint64_t>(vocab));
+    bad |= allow[q] &
+           static_cast<uint8_t>(static_cast<uint64_t>(static_cast<int64_t>(idb[q])) >= vocab);
   and_flags(in.special_mask, in.special_mask_kind, off, m, true, allow);
-  int last = 0;
-  for (int q = 0; q < m; ++q) last = allow[q] ? q + 1 : last;
+  if (P.n_special > 0 && P.n_special <= kInlineSpecials) {
+    // One pass, a fixed number of compares per token (the list padded with repeats of its last
+    // id), so the loop vectorises whatever the list length.
+    T spec[kInlineSpecials];
+    for (int i = 0; i < kInlineSpecials; ++i)
+      spec[i] = static_cast<T>(P.special[i < P.n_special ? i : P.n_special - 1]);
+    for (int q = 0; q < m; ++q) {
+      const T id = idb[q];
+      uint8_t ok = 1;
+#pragma GCC unroll 8
+      for (int i = 0; i < kInlineSpecials; ++i) ok &= static_cast<uint8_t>(id != spec[i]);
+      allow[q] &= ok;
+    }
+  }
+  int last = m;  // 1 + the last allowed token, eight flags at a time
+  while (last >= 8) {
+    uint64_t w;
+    std::memcpy(&w, allow + last - 8, 8);
+    if (w) break;
+    last -= 8;
+  }
+  while (last > 0 && !allow[last - 1]) --last;
   return ChunkScan{bad, last};
 }
 
@@ -172,9 +198,9 @@ MLMFAST_ALWAYS_INLINE void decide_chunk_body(int m, const T* idb, const uint8_t*
 #if MLMFAST_X86_DISPATCH
 template <typename T>
 __attribute__((target("avx2"))) ChunkScan scan_chunk_avx2(int m, const T* idb, const MaskInputs& in,
-                                                          int64_t off, int64_t vocab,
+                                                          int64_t off, const MaskParams& P,
                                                           uint8_t* allow) {
-  return scan_chunk_body(m, idb, in, off, vocab, allow);
+  return scan_chunk_body(m, idb, in, off, P, allow);
 }
 template <typename T>
 __attribute__((target("avx2"))) void decide_chunk_avx2(int m, const T* idb, const uint8_t* allow,
@@ -183,7 +209,29 @@ __attribute__((target("avx2"))) void decide_chunk_avx2(int m, const T* idb, cons
                                                        uint8_t* cand, uint8_t* rng) {
   decide_chunk_body(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
 }
+// AVX-512 (with BW/VL for byte masks): int64 compares straight into mask registers.
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) ChunkScan scan_chunk_avx512(
+    int m, const T* idb, const MaskInputs& in, int64_t off, const MaskParams& P, uint8_t* allow) {
+  return scan_chunk_body(m, idb, in, off, P, allow);
+}
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void decide_chunk_avx512(
+    int m, const T* idb, const uint8_t* allow, const uint32_t* u, uint32_t t32, uint8_t t_all,
+    int64_t smin, uint64_t span, uint8_t* cand, uint8_t* rng) {
+  decide_chunk_body(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
+}
 #endif
+
+inline bool use_avx512bw() {
+#if MLMFAST_X86_DISPATCH
+  static const bool ok = philox_batch_detail::detect() >= philox_batch_detail::kAvx512 &&
+                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return ok;
+#else
+  return false;
+#endif
+}
 
 inline bool use_avx2() {
 #if MLMFAST_X86_DISPATCH
@@ -194,18 +242,70 @@ inline bool use_avx2() {
 }
 
 template <typename T>
-ChunkScan scan_chunk(int m, const T* idb, const MaskInputs& in, int64_t off, int64_t vocab,
+ChunkScan scan_chunk(int m, const T* idb, const MaskInputs& in, int64_t off, const MaskParams& P,
                      uint8_t* allow) {
 #if MLMFAST_X86_DISPATCH
-  if (use_avx2()) return scan_chunk_avx2(m, idb, in, off, vocab, allow);
+  if (use_avx512bw()) return scan_chunk_avx512(m, idb, in, off, P, allow);
+  if (use_avx2()) return scan_chunk_avx2(m, idb, in, off, P, allow);
 #endif
-  return scan_chunk_body(m, idb, in, off, vocab, allow);
+  return scan_chunk_body(m, idb, in, off, P, allow);
+}
+
+// sel[0..ns) = the q < m with cand[q] (and not a special id, for long special lists).
+#if MLMFAST_X86_DISPATCH
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // the intrinsics' undefined placeholders
+__attribute__((target("avx512f"))) inline int compact_avx512(int m, const uint8_t* cand,
+                                                             int32_t* sel) {
+  int ns = 0;
+  int q = 0;
+  const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (; q + 16 <= m; q += 16) {
+    const __m512i c =
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cand + q)));
+    const __mmask16 k = _mm512_test_epi32_mask(c, c);
+    _mm512_mask_compressstoreu_epi32(sel + ns, k, _mm512_add_epi32(step, _mm512_set1_epi32(q)));
+    ns += __builtin_popcount(static_cast<unsigned>(k));
+  }
+  for (; q < m; ++q) {
+    sel[ns] = q;
+    ns += cand[q];
+  }
+  return ns;
+}
+#pragma GCC diagnostic pop
+#endif
+
+template <typename T>
+int compact(int m, const T* idb, const uint8_t* cand, const uint8_t* rng, bool check_range,
+            const MaskParams& P, int32_t* sel) {
+  if (!check_range) {
+#if MLMFAST_X86_DISPATCH
+    if (philox_batch_detail::detect() >= philox_batch_detail::kAvx512)
+      return compact_avx512(m, cand, sel);
+#endif
+    int ns = 0;
+    for (int q = 0; q < m; ++q) {
+      sel[ns] = q;
+      ns += cand[q];
+    }
+    return ns;
+  }
+  int ns = 0;  // the special-id lookup only runs for candidates inside the specials' range
+  for (int q = 0; q < m; ++q) {
+    const bool special = rng[q] && is_special(P, static_cast<int64_t>(idb[q]));
+    sel[ns] = q;
+    ns += cand[q] & !special;
+  }
+  return ns;
 }
 
 template <typename T>
 void decide_chunk(int m, const T* idb, const uint8_t* allow, const uint32_t* u, uint32_t t32,
                   uint8_t t_all, int64_t smin, uint64_t span, uint8_t* cand, uint8_t* rng) {
 #if MLMFAST_X86_DISPATCH
+  if (use_avx512bw())
+    return decide_chunk_avx512(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
   if (use_avx2()) return decide_chunk_avx2(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
 #endif
   decide_chunk_body(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
@@ -225,9 +325,11 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
   alignas(64) int32_t sel[kChunk];
   alignas(64) uint8_t allow[kChunk], cand[kChunk], rng[kChunk];
   alignas(64) T idb[kChunk];
-  // Without specials, an empty range [vocab, vocab]: no valid id falls inside it.
-  const int64_t smin = P.n_special ? P.special[0] : P.vocab_size;
-  const uint64_t span = P.n_special ? static_cast<uint64_t>(P.special[P.n_special - 1] - smin) : 0;
+  // Short special lists are handled by the scan; otherwise the candidates inside the specials'
+  // range get the binary search. An empty range is [vocab, vocab]: no valid id falls in it.
+  const bool check_range = P.n_special > kInlineSpecials;
+  const int64_t smin = check_range ? P.special[0] : P.vocab_size;
+  const uint64_t span = check_range ? static_cast<uint64_t>(P.special[P.n_special - 1] - smin) : 0;
   const u32x2 k{key.seed_lo, key.seed_hi};
   const uint32_t sid_lo = static_cast<uint32_t>(key.sample_id);
   const uint32_t sid_hi = static_cast<uint32_t>(key.sample_id >> 32);
@@ -240,7 +342,7 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
     // The chunk's ids go to a local buffer first, so the in-place form (o == ids) aliases
     // nothing the loops read.
     std::memcpy(idb, ids + c, sizeof(T) * m);
-    const ChunkScan scan = scan_chunk(m, idb, in, off + c, P.vocab_size, allow);
+    const ChunkScan scan = scan_chunk(m, idb, in, off + c, P, allow);
     any_bad |= scan.bad != 0;
     std::memcpy(o + c, idb, sizeof(T) * m);
     std::fill(l + c, l + c + m, static_cast<T>(kIgnoreIndex));
@@ -257,13 +359,7 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
       u[4 * i + 3] = rw[i];
     }
     decide_chunk(mm, idb, allow, u, t32, t_all, smin, span, cand, rng);
-    // Compaction; the special-id lookup only runs for candidates inside the specials' range.
-    int ns = 0;
-    for (int q = 0; q < mm; ++q) {
-      const bool special = rng[q] && is_special(P, static_cast<int64_t>(idb[q]));
-      sel[ns] = q;
-      ns += cand[q] & !special;
-    }
+    const int ns = compact(mm, idb, cand, rng, check_range, P, sel);
     if (ns == 0) continue;
     for (int i = 0; i < ns; ++i) l[c + sel[i]] = idb[sel[i]];
     if (P.t_mask >= kOne) {
@@ -466,7 +562,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_cpu(const at::Tensor& input_ids,
 
 void mask_tokens_inplace_cpu(const at::Tensor& input_ids, const at::Tensor& labels,
                              MLMFAST_MASK_PARAMS) {
-  mask_tokens_in_place(&cpu_kernel, /*check_ids_first=*/true, input_ids, labels,
+  mask_tokens_in_place(&cpu_kernel, /*check_first=*/true, input_ids, labels,
                        MLMFAST_MASK_ARGS_PASS);
 }
 

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "philox.h"
 
@@ -109,12 +111,19 @@ __attribute__((target("avx2"))) inline void avx2(int n, const uint32_t* c0, uint
 
 enum Isa { kUnknown = 0, kPortable, kAvx2, kAvx512 };
 
+// The widest instruction set the processor has, or less when MLMFAST_CPU_ISA says so
+// ("portable", "avx2", "avx512"), so that tests can run every path on one machine.
 inline Isa detect() {
   static const Isa isa = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return kAvx512;
-    if (__builtin_cpu_supports("avx2")) return kAvx2;
-    return kPortable;
+    Isa best = kPortable;
+    if (__builtin_cpu_supports("avx2")) best = kAvx2;
+    if (__builtin_cpu_supports("avx512f")) best = kAvx512;
+    const char* want = std::getenv("MLMFAST_CPU_ISA");
+    if (want == nullptr || *want == '\0') return best;
+    const std::string w(want);
+    const Isa cap = w == "portable" ? kPortable : (w == "avx2" ? kAvx2 : kAvx512);
+    return cap < best ? cap : best;
   }();
   return isa;
 }

@@ -335,7 +335,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_cuda(const at::Tensor& input_ids,
 void mask_tokens_inplace_cuda(const at::Tensor& input_ids, const at::Tensor& labels,
                               MLMFAST_MASK_PARAMS) {
   // ids are not range-checked on CUDA: that would need a host sync.
-  mask_tokens_in_place(&cuda_kernel, /*check_ids_first=*/false, input_ids, labels,
+  mask_tokens_in_place(&cuda_kernel, /*check_first=*/false, input_ids, labels,
                        MLMFAST_MASK_ARGS_PASS);
 }
 

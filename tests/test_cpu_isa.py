@@ -1,0 +1,40 @@
+"""The CPU kernel picks AVX-512, AVX2 or portable code at run time; every path must give the
+reference's masks. MLMFAST_CPU_ISA caps the choice, so each path runs in its own process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import torch, mlmfast
+from mlmfast import reference as R
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(7)
+for trial in range(12):
+    B, L = 5, int(torch.randint(1, 700, (1,), generator=g))
+    ids = torch.randint(0, 60, (B, L), generator=g)
+    att = (torch.rand(B, L, generator=g) > 0.2).long()
+    att[:, L // 2 + trial:] = 0
+    stm = (torch.rand(B, L, generator=g) > 0.9).long()
+    kw = dict(mask_token_id=3, vocab_size=60, special_ids=[0, 1, 2, 3], attention_mask=att,
+              special_tokens_mask=stm if trial % 2 else None, seed=trial, epoch=trial % 3,
+              mlm_probability=0.3)
+    for x in (ids, ids.int()):
+        a, b = mlmfast.mask_tokens(x, **kw), R.mask_tokens(x, **kw)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels), trial
+    c = torch.randint(0, 2**32, (67, 4), generator=g)
+    for n in (1, 7, 8, 16, 17, 67):
+        ref = torch.stack(R.philox4x32_10(tuple(c[:n].T), (trial, trial + 1)), dim=1)
+        assert torch.equal(mlmfast.ops.philox4x32_10(c[:n], trial | (trial + 1) << 32), ref)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+def test_every_cpu_path_matches_reference(isa):
+    env = dict(os.environ, MLMFAST_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("ok")
