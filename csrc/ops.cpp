@@ -4,9 +4,15 @@
 #include <torch/library.h>
 
 // Importing mlmfast._C from Python loads this shared object, which runs the static
-// registrations below. No Python bindings live here (Py_LIMITED_API: one wheel per platform).
+// registrations below. Besides the ops it exposes only the collation helpers of cpu/collate.cpp
+// (Python's limited API: one abi3 wheel per platform and torch).
+namespace mlmfast {
+PyMethodDef* collate_methods();  // cpu/collate.cpp
+}
+
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                          mlmfast::collate_methods()};
   return PyModule_Create(&module_def);
 }
 

@@ -1,0 +1,119 @@
+// Host-side collation helpers for the data collator: Python lists of token ids straight into a
+// padded tensor's memory, one C loop, no Python loop per row or per token. Python's limited API
+// only (the extension is one abi3 wheel); the tensor is allocated by the caller, which passes
+// its address.
+#include <Python.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace mlmfast {
+namespace {
+
+// row_lengths(rows, lengths_address) -> max length; lengths[i] = len(rows[i]) as int64.
+PyObject* row_lengths(PyObject*, PyObject* args) {
+  PyObject* rows;
+  unsigned long long addr;
+  if (!PyArg_ParseTuple(args, "OK", &rows, &addr)) return nullptr;
+  if (!PyList_Check(rows)) {
+    PyErr_SetString(PyExc_TypeError, "row_lengths: rows must be a list");
+    return nullptr;
+  }
+  int64_t* lengths = reinterpret_cast<int64_t*>(addr);
+  const Py_ssize_t n = PyList_Size(rows);
+  Py_ssize_t longest = 0;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    const Py_ssize_t len = PyObject_Length(PyList_GetItem(rows, i));  // borrowed item
+    if (len < 0) return nullptr;
+    lengths[i] = len;
+    if (len > longest) longest = len;
+  }
+  return PyLong_FromSsize_t(longest);
+}
+
+template <typename T>
+int fill_row(PyObject* row, Py_ssize_t len, T* dst, bool none_is_pad, long long pad) {
+  const bool list = PyList_Check(row), tuple = PyTuple_Check(row);
+  for (Py_ssize_t j = 0; j < len; ++j) {
+    PyObject* item = list ? PyList_GetItem(row, j)
+                          : (tuple ? PyTuple_GetItem(row, j) : PySequence_GetItem(row, j));
+    if (!item) return -1;
+    const long long v = (none_is_pad && item == Py_None) ? pad : PyLong_AsLongLong(item);
+    if (!list && !tuple) Py_DECREF(item);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    dst[j] = static_cast<T>(v);
+  }
+  return 0;
+}
+
+// pack_rows(rows, address, length, element_size, pad_value, left, none_is_pad): rows[i] (a
+// list/tuple/sequence of ints, at most `length` long) into row i of a contiguous
+// [len(rows), length] buffer of int8/int32/int64 (element_size 1, 4, 8), padded with pad_value on
+// the right (or the left); None entries become pad_value when none_is_pad (word_ids()).
+PyObject* pack_rows(PyObject*, PyObject* args) {
+  PyObject* rows;
+  unsigned long long addr;
+  Py_ssize_t length;
+  int elem, left, none_is_pad;
+  long long pad;
+  if (!PyArg_ParseTuple(args, "OKniLpp", &rows, &addr, &length, &elem, &pad, &left, &none_is_pad))
+    return nullptr;
+  if (!PyList_Check(rows)) {
+    PyErr_SetString(PyExc_TypeError, "pack_rows: rows must be a list");
+    return nullptr;
+  }
+  if (elem != 1 && elem != 4 && elem != 8) {
+    PyErr_SetString(PyExc_ValueError, "pack_rows: element_size must be 1, 4 or 8");
+    return nullptr;
+  }
+  char* base = reinterpret_cast<char*>(addr);
+  const Py_ssize_t n = PyList_Size(rows);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* row = PyList_GetItem(rows, i);
+    const Py_ssize_t len = PyObject_Length(row);
+    if (len < 0) return nullptr;
+    if (len > length) {
+      PyErr_Format(PyExc_ValueError, "pack_rows: row %zd has %zd tokens, more than the length %zd",
+                   i, len, length);
+      return nullptr;
+    }
+    const Py_ssize_t off = left ? length - len : 0;
+    char* row_base = base + static_cast<size_t>(i) * length * elem;
+    int rc;
+    if (elem == 8) {
+      int64_t* d = reinterpret_cast<int64_t*>(row_base);
+      for (Py_ssize_t j = 0; j < length - len; ++j) d[left ? j : len + j] = pad;
+      rc = fill_row<int64_t>(row, len, d + off, none_is_pad, pad);
+    } else if (elem == 4) {
+      int32_t* d = reinterpret_cast<int32_t*>(row_base);
+      for (Py_ssize_t j = 0; j < length - len; ++j)
+        d[left ? j : len + j] = static_cast<int32_t>(pad);
+      rc = fill_row<int32_t>(row, len, d + off, none_is_pad, pad);
+    } else {
+      int8_t* d = reinterpret_cast<int8_t*>(row_base);
+      std::memset(left ? d : d + len, static_cast<int>(pad), static_cast<size_t>(length - len));
+      rc = fill_row<int8_t>(row, len, d + off, none_is_pad, pad);
+    }
+    if (rc != 0) {
+      PyObject *type, *value, *tb;
+      PyErr_Fetch(&type, &value, &tb);
+      PyErr_Format(PyExc_TypeError, "pack_rows: row %zd holds a value that is not an integer", i);
+      Py_XDECREF(type);
+      Py_XDECREF(value);
+      Py_XDECREF(tb);
+      return nullptr;
+    }
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef kMethods[] = {
+    {"row_lengths", row_lengths, METH_VARARGS, "lengths of a list of rows into an int64 buffer"},
+    {"pack_rows", pack_rows, METH_VARARGS, "pad a list of integer rows into a buffer"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+PyMethodDef* collate_methods() { return kMethods; }
+
+}  // namespace mlmfast

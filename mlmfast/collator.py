@@ -1,0 +1,506 @@
+"""A drop-in ``transformers.DataCollatorForLanguageModeling``: same constructor, same outputs,
+padding in C (no Python loop per row or token) and masking by the fused op, on the CPU in a
+DataLoader worker or on the GPU (``device="cuda"``).
+
+Beyond transformers:
+
+* masks are a pure function of (seed, epoch, sample id, tokens): examples that carry a
+  ``sample_id`` get the same mask whatever batch, worker or rank they land in; without one, each
+  DataLoader worker and each distributed rank gets its own reproducible stream;
+* random replacements never produce special tokens (``exclude_special_from_random``), added
+  special tokens are never masked, ``exact_count`` guarantees a mask in every row;
+* whole-word masking from ``word_ids`` or ``offset_mapping`` on variable-length examples, with
+  random replacement; POS-weighted masking from ``pos_ids``; ``return_positions`` for sparse
+  prediction heads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlmfast import _C, pos
+from mlmfast.ops import draw_seed, mask_tokens
+
+__all__ = ["DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask"]
+
+# Per-token inputs the collator uses and does not return (not model inputs).
+CONSUMED = ("special_tokens_mask", "offset_mapping", "word_ids", "pos_ids", "sample_id")
+_KNOWN_PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", *CONSUMED)
+_INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
+
+
+def _mix_seed(seed: int, *streams: int) -> int:
+    """A 64-bit seed for a sub-stream (worker, rank) of `seed` (splitmix64 finaliser)."""
+    x = seed % 2**64
+    for s in streams:
+        x = (x + 0x9E3779B97F4A7C15 * (s + 1)) % 2**64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+        x ^= x >> 31
+    return x
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _is_row(x: Any) -> bool:
+    return isinstance(x, list | tuple | np.ndarray | torch.Tensor)
+
+
+def _pad_rows(
+    rows: list,
+    length: int | None,
+    pad_value: int,
+    left: bool,
+    dtype: torch.dtype,
+    name: str,
+    none_is_pad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows (lists/tuples of ints, 1-D numpy arrays or tensors) -> ([B, L] tensor, lengths [B]).
+    L = `length` or the longest row. Lists go through one C loop; arrays through one
+    concatenation and one masked scatter."""
+    n = len(rows)
+    first = rows[0] if n else []
+    if isinstance(first, list | tuple):
+        lengths = torch.empty(n, dtype=torch.long)
+        longest = _C.row_lengths(rows, lengths.data_ptr())
+        L = longest if length is None else length
+        out = torch.empty((n, L), dtype=dtype)
+        try:
+            _C.pack_rows(rows, out.data_ptr(), L, out.element_size(), pad_value, left, none_is_pad)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{name}: {e}") from None
+        return out, lengths
+    if isinstance(first, np.ndarray):
+        flat = torch.from_numpy(np.concatenate(rows) if n > 1 else np.asarray(first))
+    elif isinstance(first, torch.Tensor):
+        flat = torch.cat(list(rows)) if n > 1 else first
+    else:
+        raise TypeError(
+            f"{name}: rows must be lists, tuples, numpy arrays or tensors, got {type(first).__name__}"
+        )
+    if flat.dim() != 1:
+        raise ValueError(f"{name}: each example must be a 1-D sequence, got {flat.dim()}-D rows")
+    if flat.dtype.is_floating_point or flat.dtype.is_complex:
+        raise TypeError(f"{name}: expected integer values, got {flat.dtype}")
+    lengths = torch.as_tensor(np.fromiter(map(len, rows), dtype=np.int64, count=n))
+    L = int(lengths.max()) if length is None and n else (length or 0)
+    if n and int(lengths.max()) > L:
+        raise ValueError(f"{name}: a row has {int(lengths.max())} tokens, more than the length {L}")
+    out = torch.full((n, L), pad_value, dtype=dtype)
+    ar = torch.arange(L)
+    mask = ar >= (L - lengths).unsqueeze(1) if left else ar < lengths.unsqueeze(1)
+    out[mask] = flat.to(dtype)
+    return out, lengths
+
+
+def _round_up(n: int, multiple: int | None) -> int:
+    return n if not multiple else -(-n // multiple) * multiple
+
+
+def _word_ids_from_offsets(offsets: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+    """transformers' rule: a token starts a word unless it touches the previous token (its start
+    equals the previous end) and the previous token is not special. Specials/padding: -1."""
+    starts, ends = offsets[..., 0], offsets[..., 1]
+    prev_end = torch.roll(ends, 1, dims=1)
+    prev_end[:, 0] = -1
+    prev_special = torch.roll(special, 1, dims=1)
+    prev_special[:, 0] = False
+    new_word = ~special & ((starts != prev_end) | prev_special)
+    word_ids = torch.cumsum(new_word.long(), dim=1)
+    return word_ids.masked_fill(special, -1)
+
+
+class DataCollatorForLanguageModeling:
+    """Drop-in for ``transformers.DataCollatorForLanguageModeling`` (same constructor and
+    outputs), with the fused mlmfast op doing padding and masking.
+
+    Extra keyword arguments:
+        device: mask there (e.g. ``"cuda"``): padding on the CPU, one copy, masking on the
+            device; for the main process (not DataLoader workers).
+        exact_count: exactly ``round(p * n)`` masked tokens per row (at least one).
+        pos_weights: POS-weighted masking (a preset of :mod:`mlmfast.pos` or a dict UPOS ->
+            weight); examples then carry ``pos_ids``. ``pos_frequencies`` gives the class
+            frequencies (e.g. from a shard manifest); else they are measured on each batch.
+        exclude_special_from_random: random replacements never produce special tokens (True;
+            False reproduces transformers).
+        return_positions: add ``masked_positions``, the flat indices of the masked tokens.
+        max_length: pad every batch to this length (else the longest example, rounded up to
+            ``pad_to_multiple_of``).
+        epoch: start epoch; ``set_epoch`` changes it (new masks per epoch, reproducible).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        mlm: bool = True,
+        whole_word_mask: bool = False,
+        mlm_probability: float | None = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str = "pt",
+        seed: int | None = None,
+        *,
+        device: str | torch.device | None = None,
+        exact_count: bool = False,
+        pos_weights: str | Mapping[str, float] | None = None,
+        pos_frequencies: Sequence[float] | None = None,
+        exclude_special_from_random: bool = True,
+        return_positions: bool = False,
+        max_length: int | None = None,
+        epoch: int = 0,
+    ):
+        self.tokenizer = tokenizer
+        self.mlm = mlm
+        self.whole_word_mask = whole_word_mask
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = float(mask_replace_prob)
+        self.random_replace_prob = float(random_replace_prob)
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_tensors = return_tensors
+        self.seed = seed
+        self.device = torch.device(device) if device is not None else None
+        self.exact_count = exact_count
+        self.exclude_special_from_random = exclude_special_from_random
+        self.return_positions = return_positions
+        self.max_length = max_length
+        self.epoch = int(epoch)
+        self._check()
+        self.mask_token_id = tokenizer.mask_token_id if mlm else None
+        self.pad_token_id = tokenizer.pad_token_id
+        self.pad_token_type_id = getattr(tokenizer, "pad_token_type_id", 0) or 0
+        self.vocab_size = len(tokenizer)
+        self.special_ids = self._special_ids(tokenizer)
+        self.left_padding = getattr(tokenizer, "padding_side", "right") == "left"
+        self.pos_weights = pos.resolve_weights(pos_weights) if pos_weights is not None else None
+        if pos_frequencies is not None:
+            pos_frequencies = [float(f) for f in pos_frequencies]
+            if len(pos_frequencies) != pos.NUM_CLASSES:
+                raise ValueError(
+                    f"pos_frequencies must have {pos.NUM_CLASSES} entries (UPOS + special), "
+                    f"got {len(pos_frequencies)}"
+                )
+        self.pos_frequencies = pos_frequencies
+        self._stream: tuple[int, int, int] | None = None  # (pid, worker, rank) of the counter
+        self._seen = 0
+
+    # -- configuration ---------------------------------------------------------------------
+    def _check(self) -> None:
+        tok = self.tokenizer
+        if self.mlm:
+            if getattr(tok, "mask_token", None) is None or tok.mask_token_id is None:
+                raise ValueError(
+                    "This tokenizer does not have a mask token, which masked language modeling "
+                    "needs; pass mlm=False for causal language modeling labels."
+                )
+            p = self.mlm_probability
+            if p is None or not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"mlm_probability must be in [0, 1], got {p}")
+            self.mlm_probability = float(p)
+        elif self.whole_word_mask:
+            raise ValueError("whole_word_mask=True needs mlm=True")
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-12:
+            raise ValueError(
+                "mask_replace_prob + random_replace_prob must not exceed 1, got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}"
+            )
+        if self.return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
+        if self.pad_to_multiple_of is not None and int(self.pad_to_multiple_of) <= 0:
+            raise ValueError(
+                f"pad_to_multiple_of must be a positive int, got {self.pad_to_multiple_of}"
+            )
+        if self.max_length is not None and int(self.max_length) <= 0:
+            raise ValueError(f"max_length must be a positive int, got {self.max_length}")
+
+    @staticmethod
+    def _special_ids(tokenizer: Any) -> list[int]:
+        ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        # tokens added with special=True (tokenizer.add_tokens(..., special_tokens=True)) are not
+        # always in all_special_ids; they must never be masked either
+        decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        ids.update(i for i, t in decoder.items() if getattr(t, "special", False))
+        return sorted(i for i in ids if i is not None and i >= 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New masks for a new epoch (same seed, same sample ids -> the same masks again)."""
+        self.epoch = int(epoch)
+
+    # -- randomness ------------------------------------------------------------------------
+    def _seed_and_ids(
+        self, n: int, sample_ids: torch.Tensor | None
+    ) -> tuple[int, torch.Tensor | None]:
+        if sample_ids is not None:
+            # elastic determinism: the mask depends on the example, not on who collates it
+            return (self.seed if self.seed is not None else draw_seed()), sample_ids
+        if self.seed is None:
+            return draw_seed(), None  # torch's generator: seeded per DataLoader worker by torch
+        info = torch.utils.data.get_worker_info()
+        stream = (os.getpid(), info.id if info is not None else -1, _rank())
+        if stream != self._stream:  # a new process (fork/spawn) restarts its own counter
+            self._stream, self._seen = stream, 0
+        seed = _mix_seed(self.seed, stream[1] + 1, stream[2])
+        ids = torch.arange(self._seen, self._seen + n, dtype=torch.long)
+        self._seen += n
+        return seed, ids
+
+    # -- collation ---------------------------------------------------------------------------
+    def __call__(self, examples: Any, return_tensors: str | None = None) -> dict[str, Any]:
+        return_tensors = return_tensors or self.return_tensors
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        batch = self._pad(examples)
+        out = self._mask(batch)
+        if return_tensors == "np":
+            out = {
+                k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()
+            }
+        return out
+
+    def _columns(self, examples: Any) -> tuple[dict[str, list], bool]:
+        """Column lists from the examples, and whether they are already padded tensors."""
+        if isinstance(examples, Mapping):  # a dict of already padded columns
+            cols = dict(examples)
+            if "input_ids" not in cols:
+                raise KeyError("a batch dict needs an 'input_ids' column")
+            return cols, True
+        if isinstance(examples, torch.Tensor | np.ndarray):
+            return {"input_ids": list(examples)}, False
+        examples = list(examples)
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples")
+        first = examples[0]
+        if isinstance(first, Mapping):
+            keys = list(first.keys())
+            key_set = set(keys)
+            for i, ex in enumerate(examples):
+                if ex.keys() != key_set:
+                    raise ValueError(
+                        f"examples have different keys: example 0 has {sorted(key_set)}, "
+                        f"example {i} has {sorted(ex.keys())}"
+                    )
+            if "input_ids" not in key_set:
+                raise KeyError(f"examples need an 'input_ids' key, got {keys}")
+            return {k: list(map(itemgetter(k), examples)) for k in keys}, False
+        if _is_row(first):
+            return {"input_ids": examples}, False
+        raise TypeError(
+            "examples must be a list of dicts, a list of token-id sequences, or a dict of padded "
+            f"columns; got a list of {type(first).__name__}"
+        )
+
+    def _pad(self, examples: Any) -> dict[str, Any]:
+        cols, padded = self._columns(examples)
+        if padded:
+            batch = {
+                k: (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v)
+                for k, v in cols.items()
+            }
+            ids = batch["input_ids"]
+            if ids.dim() != 2:
+                raise ValueError(
+                    f"input_ids of a padded batch must be 2-D, got shape {tuple(ids.shape)}"
+                )
+            if "attention_mask" not in batch and self.pad_token_id is not None:
+                batch["attention_mask"] = (ids != self.pad_token_id).long()
+            return batch
+
+        ids_rows = cols["input_ids"]
+        if not ids_rows or not _is_row(ids_rows[0]):
+            raise TypeError("input_ids of each example must be a sequence of token ids")
+        lengths_np = np.fromiter(map(len, ids_rows), dtype=np.int64, count=len(ids_rows))
+        longest = int(lengths_np.max()) if len(lengths_np) else 0
+        if self.max_length is not None:
+            if longest > self.max_length:
+                raise ValueError(
+                    f"an example has {longest} tokens, more than max_length={self.max_length}"
+                )
+            L = _round_up(int(self.max_length), self.pad_to_multiple_of)
+        else:
+            L = _round_up(longest, self.pad_to_multiple_of)
+        if self.pad_token_id is None and (lengths_np != L).any():
+            raise ValueError(
+                "the examples have different lengths and the tokenizer has no pad token; "
+                "set tokenizer.pad_token or pass examples of equal length"
+            )
+        pad_id = self.pad_token_id if self.pad_token_id is not None else 0
+        left = self.left_padding
+        batch: dict[str, Any] = {}
+        batch["input_ids"], _ = _pad_rows(ids_rows, L, pad_id, left, torch.long, "input_ids")
+        lengths = torch.from_numpy(lengths_np)
+        per_token_pad = {
+            "attention_mask": 0,
+            "token_type_ids": self.pad_token_type_id,
+            "special_tokens_mask": 1,
+            "word_ids": -1,
+            "pos_ids": pos.SPECIAL,
+            "labels": -100,
+        }
+        for key, rows in cols.items():
+            if key == "input_ids":
+                continue
+            first = rows[0]
+            if key == "offset_mapping":
+                batch[key] = self._pad_offsets(rows, lengths_np, L, left)
+                continue
+            if _is_row(first) and (
+                key in _KNOWN_PER_TOKEN
+                or key in per_token_pad
+                or self._same_lengths(rows, lengths_np)
+            ):
+                row_lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+                if not np.array_equal(row_lengths, lengths_np):
+                    i = int(np.flatnonzero(row_lengths != lengths_np)[0])
+                    raise ValueError(
+                        f"{key} of example {i} has {row_lengths[i]} entries but its input_ids has "
+                        f"{lengths_np[i]}; per-token keys must match input_ids in length"
+                    )
+                dtype = torch.uint8 if key == "pos_ids" else torch.long
+                batch[key], _ = _pad_rows(
+                    rows, L, per_token_pad.get(key, 0), left, dtype, key, key == "word_ids"
+                )
+            elif key == "sample_id":
+                batch[key] = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+            else:
+                try:
+                    batch[key] = (
+                        torch.as_tensor(np.asarray(rows))
+                        if not isinstance(first, torch.Tensor)
+                        else torch.stack(rows)
+                    )
+                except (ValueError, TypeError, RuntimeError) as e:
+                    raise ValueError(f"cannot batch the key {key!r}: {e}") from None
+        if "attention_mask" not in batch and self._wants_attention_mask():
+            ar = torch.arange(L)
+            att = ar >= (L - lengths).unsqueeze(1) if left else ar < lengths.unsqueeze(1)
+            batch["attention_mask"] = att.long()
+        return batch
+
+    @staticmethod
+    def _same_lengths(rows: list, lengths: np.ndarray) -> bool:
+        try:
+            return np.array_equal(
+                np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), lengths
+            )
+        except TypeError:
+            return False
+
+    def _wants_attention_mask(self) -> bool:
+        names = getattr(self.tokenizer, "model_input_names", None) or ["attention_mask"]
+        return "attention_mask" in names
+
+    @staticmethod
+    def _pad_offsets(rows: list, lengths: np.ndarray, L: int, left: bool) -> torch.Tensor:
+        n = len(rows)
+        flat = (
+            np.concatenate([np.asarray(r, dtype=np.int64).reshape(-1, 2) for r in rows])
+            if n
+            else np.zeros((0, 2), np.int64)
+        )
+        out = torch.zeros((n, L, 2), dtype=torch.long)
+        ar = torch.arange(L)
+        lt = torch.from_numpy(lengths)
+        mask = ar >= (L - lt).unsqueeze(1) if left else ar < lt.unsqueeze(1)
+        out[mask] = torch.from_numpy(flat)
+        return out
+
+    def _mask(self, batch: dict[str, Any]) -> dict[str, Any]:
+        special_tokens_mask = batch.pop("special_tokens_mask", None)
+        offsets = batch.pop("offset_mapping", None)
+        word_ids = batch.pop("word_ids", None)
+        pos_ids = batch.pop("pos_ids", None)
+        sample_ids = batch.pop("sample_id", None)
+        ids = batch["input_ids"]
+        if not self.mlm:
+            labels = ids.clone()
+            if self.pad_token_id is not None:
+                labels[labels == self.pad_token_id] = -100
+            batch["labels"] = labels
+            return batch
+
+        att = batch.get("attention_mask")
+        if self.whole_word_mask and word_ids is None:
+            if offsets is None:
+                raise ValueError(
+                    "whole_word_mask=True needs word ids: give examples 'word_ids' (e.g. from "
+                    "encoding.word_ids()) or 'offset_mapping' (return_offsets_mapping=True)"
+                )
+            special = torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
+            if special_tokens_mask is not None:
+                special |= special_tokens_mask.bool()
+            if att is not None:
+                special |= att == 0
+            word_ids = _word_ids_from_offsets(offsets, special)
+        elif not self.whole_word_mask:
+            word_ids = None
+
+        pos_probs = None
+        if self.pos_weights is not None:
+            if pos_ids is None:
+                raise ValueError("pos_weights is set but the examples carry no 'pos_ids'")
+            freqs = self.pos_frequencies
+            if freqs is None:
+                eligible = att.bool() if att is not None else None
+                freqs = pos.class_frequencies(pos_ids, eligible)
+            pos_probs = pos.class_probabilities(self.mlm_probability, self.pos_weights, freqs)
+        else:
+            pos_ids = None
+
+        seed, sids = self._seed_and_ids(ids.shape[0], sample_ids)
+        device = self.device
+        if device is not None and device != ids.device:
+            nb = device.type == "cuda"
+            move = lambda t: None if t is None else t.to(device, non_blocking=nb)  # noqa: E731
+            batch = {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            ids, att = batch["input_ids"], batch.get("attention_mask")
+            special_tokens_mask, word_ids, pos_ids, sids = map(
+                move, (special_tokens_mask, word_ids, pos_ids, sids)
+            )
+        out = mask_tokens(
+            ids,
+            attention_mask=att,
+            special_tokens_mask=special_tokens_mask,
+            word_ids=word_ids,
+            pos_ids=pos_ids,
+            pos_probs=pos_probs,
+            sample_ids=sids,
+            special_ids=self.special_ids,
+            mask_token_id=self.mask_token_id,
+            vocab_size=self.vocab_size,
+            mlm_probability=self.mlm_probability,
+            mask_replace_prob=self.mask_replace_prob,
+            random_replace_prob=self.random_replace_prob,
+            seed=seed,
+            epoch=self.epoch,
+            mode="exact" if self.exact_count else "bernoulli",
+            exclude_special_from_random=self.exclude_special_from_random,
+            return_positions=self.return_positions,
+        )
+        batch["input_ids"], batch["labels"] = out.input_ids, out.labels
+        if self.return_positions:
+            batch["masked_positions"] = out.positions
+        return batch
+
+
+class DataCollatorForWholeWordMask(DataCollatorForLanguageModeling):
+    """transformers 4.x's whole-word collator, as the drop-in with ``whole_word_mask=True``
+    (random replacement is supported, unlike transformers 5.x's whole-word path)."""
+
+    def __init__(
+        self, tokenizer: Any, mlm: bool = True, mlm_probability: float = 0.15, **kwargs: Any
+    ):
+        kwargs.setdefault("whole_word_mask", True)
+        super().__init__(tokenizer, mlm=mlm, mlm_probability=mlm_probability, **kwargs)
