@@ -7,6 +7,7 @@ under ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -44,63 +45,42 @@ def _check_mode(mode: str) -> bool:
     return mode == "exact"
 
 
-def _args(
-    input_ids,
-    attention_mask,
-    special_tokens_mask,
-    word_ids,
-    pos_ids,
-    pos_probs,
-    sample_ids,
-    rng_state,
-    special_ids,
-    mlm_probability,
-    mask_replace_prob,
-    random_replace_prob,
-    mask_token_id,
-    vocab_size,
-    seed,
-    epoch,
-    mode,
-    exclude_special_from_random,
-):
+def _args(input_ids, o: dict) -> tuple:
+    """The schema's arguments after input_ids, checked and converted, from the options `o`."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(
             f"mask_tokens: input_ids must be a torch.Tensor, got {type(input_ids).__name__}"
         )
-    if mask_token_id is None:
+    if o["mask_token_id"] is None:
         raise ValueError(
             "mask_tokens: mask_token_id is required (the tokenizer has no mask token?)"
         )
-    if vocab_size is None:
+    if o["vocab_size"] is None:
         raise ValueError("mask_tokens: vocab_size is required")
-    if seed is None:
-        seed = draw_seed()
-    seed = int(seed)
+    seed = draw_seed() if o["seed"] is None else int(o["seed"])
     if not -(2**63) <= seed < 2**64:
         raise ValueError(f"mask_tokens: seed must fit in 64 bits, got {seed}")
     if seed >= 2**63:  # the schema carries int64; same 64 key bits
         seed -= 2**64
-    if pos_probs is not None:
-        pos_probs = [float(p) for p in pos_probs]
+    pos_probs = o["pos_probs"]
     return (
-        attention_mask,
-        special_tokens_mask,
-        word_ids,
-        pos_ids,
-        pos_probs,
-        sample_ids,
-        rng_state,
-        [int(s) for s in special_ids],
-        float(mlm_probability),
-        float(mask_replace_prob),
-        float(random_replace_prob),
-        int(mask_token_id),
-        int(vocab_size),
+        o["attention_mask"],
+        o["special_tokens_mask"],
+        o["word_ids"],
+        o["pos_ids"],
+        None if pos_probs is None else [float(p) for p in pos_probs],
+        o["sample_ids"],
+        o["rng_state"],
+        [int(s) for s in o["special_ids"]],
+        float(o["mlm_probability"]),
+        float(o["mask_replace_prob"]),
+        float(o["random_replace_prob"]),
+        int(o["mask_token_id"]),
+        int(o["vocab_size"]),
         seed,
-        int(epoch),
-        _check_mode(mode),
-        bool(exclude_special_from_random),
+        int(o["epoch"]),
+        _check_mode(o["mode"]),
+        bool(o["exclude_special_from_random"]),
     )
 
 
@@ -147,8 +127,10 @@ def mask_tokens(
             token and by a random id; the rest stay unchanged.
         seed: 64-bit seed; None draws one from torch's default generator.
         epoch: a new epoch gives new masks; the same epoch reproduces them.
-        mode: ``"bernoulli"`` (each token independently, HF semantics) or ``"exact"`` (exactly
-            ``round(p * n_eligible)`` per row, at least one).
+        mode: ``"bernoulli"`` (each token independently, HF semantics) or ``"exact"``:
+            ``k = (n_eligible * floor(p * 2^32) + 2^31) >> 32`` per row (``round(p * n)``, halves
+            rounded by the binary value of ``p``: 0.15 * 10 gives 1), at least one. With whole
+            words, words are taken while they fit in ``k`` tokens (one word alone if none fits).
         exclude_special_from_random: random replacements never produce a special id
             (False reproduces transformers, which can draw [PAD] or [CLS]).
         return_positions: also return the flat indices of the selected tokens.
@@ -156,6 +138,7 @@ def mask_tokens(
             overrides ``seed``/``epoch`` and is read by the kernel, so the call can be captured
             in a CUDA graph and replayed with new values.
     """
+    options = dict(locals())  # exactly the keyword arguments above
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(
             f"mask_tokens: input_ids must be a torch.Tensor, got {type(input_ids).__name__}"
@@ -163,30 +146,10 @@ def mask_tokens(
     squeeze = input_ids.dim() == 1
     if squeeze:
         input_ids = input_ids.unsqueeze(0)
-        attention_mask, special_tokens_mask, word_ids, pos_ids = (
-            t.unsqueeze(0) if t is not None else None
-            for t in (attention_mask, special_tokens_mask, word_ids, pos_ids)
-        )
-    args = _args(
-        input_ids,
-        attention_mask,
-        special_tokens_mask,
-        word_ids,
-        pos_ids,
-        pos_probs,
-        sample_ids,
-        rng_state,
-        special_ids,
-        mlm_probability,
-        mask_replace_prob,
-        random_replace_prob,
-        mask_token_id,
-        vocab_size,
-        seed,
-        epoch,
-        mode,
-        exclude_special_from_random,
-    )
+        for key in ("attention_mask", "special_tokens_mask", "word_ids", "pos_ids"):
+            if options[key] is not None:
+                options[key] = options[key].unsqueeze(0)
+    args = _args(input_ids, options)
     out, labels = torch.ops.mlmfast.mask_tokens.default(input_ids, *args)
     positions = torch.nonzero(labels.reshape(-1) != -100).squeeze(1) if return_positions else None
     if squeeze:
@@ -194,52 +157,28 @@ def mask_tokens(
     return MaskOutput(out, labels, positions)
 
 
-def mask_tokens_(
-    input_ids: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    special_ids: Sequence[int] = (),
-    attention_mask: torch.Tensor | None = None,
-    special_tokens_mask: torch.Tensor | None = None,
-    word_ids: torch.Tensor | None = None,
-    pos_ids: torch.Tensor | None = None,
-    pos_probs: Sequence[float] | None = None,
-    sample_ids: torch.Tensor | None = None,
-    mlm_probability: float = 0.15,
-    mask_replace_prob: float = 0.8,
-    random_replace_prob: float = 0.1,
-    seed: int | None = None,
-    epoch: int = 0,
-    mode: str = "bernoulli",
-    exclude_special_from_random: bool = True,
-    rng_state: torch.Tensor | None = None,
-) -> None:
-    """In-place/out= form of :func:`mask_tokens`: masks ``input_ids`` in place and writes the
-    labels into ``labels`` (same shape and dtype, contiguous). No allocation. On the CPU a batch
-    with ids outside the vocabulary is rejected before anything is written."""
-    args = _args(
-        input_ids,
-        attention_mask,
-        special_tokens_mask,
-        word_ids,
-        pos_ids,
-        pos_probs,
-        sample_ids,
-        rng_state,
-        special_ids,
-        mlm_probability,
-        mask_replace_prob,
-        random_replace_prob,
-        mask_token_id,
-        vocab_size,
-        seed,
-        epoch,
-        mode,
-        exclude_special_from_random,
-    )
+def mask_tokens_(input_ids: torch.Tensor, labels: torch.Tensor, **options) -> None:
+    """In-place/out= form of :func:`mask_tokens` (same keyword arguments, without
+    ``return_positions``): masks ``input_ids`` in place and writes the labels into ``labels``
+    (same shape and dtype, contiguous). No allocation. On the CPU a batch with ids outside the
+    vocabulary (or POS classes / word ids the op rejects) is reported before anything is
+    written."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(f"mask_tokens_: unexpected keyword arguments {unknown}")
+    missing = [k for k in ("mask_token_id", "vocab_size") if k not in options]
+    if missing:
+        raise TypeError(f"mask_tokens_: missing required keyword arguments {missing}")
+    args = _args(input_ids, {**_OPTIONS, **options})
     torch.ops.mlmfast.mask_tokens_.default(input_ids, labels, *args)
+
+
+# The keyword arguments of mask_tokens and their defaults (mask_tokens_ takes the same).
+_OPTIONS = {
+    name: (None if p.default is inspect.Parameter.empty else p.default)
+    for name, p in inspect.signature(mask_tokens).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "return_positions"
+}
 
 
 def philox4x32_10(counters: torch.Tensor, seed: int) -> torch.Tensor:

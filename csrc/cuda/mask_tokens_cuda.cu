@@ -57,14 +57,18 @@ __device__ __forceinline__ void store4(T* p, int64_t j, int64_t n, const T (&v)[
   }
 }
 
-__device__ __forceinline__ void resolve_rng(const MaskInputs& in, const MaskParams& P,
-                                            uint64_t& seed, uint32_t& epoch) {
-  seed = P.seed;
-  epoch = P.epoch;
-  if (in.rng_state) {  // read on the device: the launch can live in a CUDA graph
+// The Philox key of a row: seed/epoch from the parameters, or from the device tensor when given
+// (read on the device, so the launch can live in a CUDA graph), and the row's sample id.
+__device__ __forceinline__ RowKey row_key_of(const MaskInputs& in, const MaskParams& P,
+                                             int64_t row) {
+  uint64_t seed = P.seed;
+  uint32_t epoch = P.epoch;
+  if (in.rng_state) {
     seed = static_cast<uint64_t>(in.rng_state[0]);
     epoch = static_cast<uint32_t>(in.rng_state[1]);
   }
+  const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[row]) : row;
+  return row_key(seed, epoch, sid);
 }
 
 // First attended position of a row (0 without attention mask). Block-wide; uniform result.
@@ -98,11 +102,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t j0 = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * 4;
   if (j0 >= L) return;
 
-  uint64_t seed;
-  uint32_t epoch;
-  resolve_rng(in, P, seed, epoch);
-  const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[row]) : row;
-  const RowKey key = row_key(seed, epoch, sid);
+  const RowKey key = row_key_of(in, P, row);
 
   const T* ids = static_cast<const T*>(in.ids) + base;
   T v[4], o[4], l[4];
@@ -186,11 +186,7 @@ __global__ void __launch_bounds__(kExactThreads)
     s_units = 0;
     s_words = 0;
   }
-  uint64_t seed;
-  uint32_t epoch;
-  resolve_rng(in, P, seed, epoch);
-  const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[row]) : row;
-  const RowKey key = row_key(seed, epoch, sid);
+  const RowKey key = row_key_of(in, P, row);
   const T* ids = static_cast<const T*>(in.ids) + base;
   __syncthreads();
 
