@@ -82,7 +82,9 @@ def main() -> None:
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    define_macros = [("Py_LIMITED_API", "0x030A0000")]
+    # torch adds -DPy_LIMITED_API (its minimum Python); csrc/cpu/collate.cpp raises it to 3.11 for
+    # the buffer protocol, hence the cp311 abi3 tag below.
+    define_macros = []
     if build_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         define_macros.append(("MLMFAST_WITH_CUDA", "1"))
@@ -131,7 +133,7 @@ def main() -> None:
         version=version,
         ext_modules=[ext],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-        options={"bdist_wheel": {"py_limited_api": "cp310"}},
+        options={"bdist_wheel": {"py_limited_api": "cp311"}},
     )
 
 

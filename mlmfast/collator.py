@@ -69,7 +69,12 @@ def _pad_rows(
     concatenation and one masked scatter."""
     n = len(rows)
     first = rows[0] if n else []
-    if isinstance(first, list | tuple):
+    if isinstance(first, list | tuple | np.ndarray):
+        # lists/tuples item by item, numpy arrays through the buffer protocol: one C loop
+        if isinstance(first, np.ndarray) and first.ndim != 1:
+            raise ValueError(
+                f"{name}: each example must be a 1-D sequence, got {first.ndim}-D rows"
+            )
         lengths = torch.empty(n, dtype=torch.long)
         longest = _C.row_lengths(rows, lengths.data_ptr())
         L = longest if length is None else length
@@ -79,9 +84,7 @@ def _pad_rows(
         except (TypeError, ValueError) as e:
             raise type(e)(f"{name}: {e}") from None
         return out, lengths
-    if isinstance(first, np.ndarray):
-        flat = torch.from_numpy(np.concatenate(rows) if n > 1 else np.asarray(first))
-    elif isinstance(first, torch.Tensor):
+    if isinstance(first, torch.Tensor):
         flat = torch.cat(list(rows)) if n > 1 else first
     else:
         raise TypeError(
@@ -91,7 +94,7 @@ def _pad_rows(
         raise ValueError(f"{name}: each example must be a 1-D sequence, got {flat.dim()}-D rows")
     if flat.dtype.is_floating_point or flat.dtype.is_complex:
         raise TypeError(f"{name}: expected integer values, got {flat.dtype}")
-    lengths = torch.as_tensor(np.fromiter(map(len, rows), dtype=np.int64, count=n))
+    lengths = torch.from_numpy(_lengths(rows))
     L = int(lengths.max()) if length is None and n else (length or 0)
     if n and int(lengths.max()) > L:
         raise ValueError(f"{name}: a row has {int(lengths.max())} tokens, more than the length {L}")
@@ -100,6 +103,14 @@ def _pad_rows(
     mask = ar >= (L - lengths).unsqueeze(1) if left else ar < lengths.unsqueeze(1)
     out[mask] = flat.to(dtype)
     return out, lengths
+
+
+def _lengths(rows: list) -> np.ndarray:
+    """len() of every row, in one C loop."""
+    out = np.empty(len(rows), dtype=np.int64)
+    if len(rows):
+        _C.row_lengths(rows, out.ctypes.data)
+    return out
 
 
 def _round_up(n: int, multiple: int | None) -> int:
@@ -285,16 +296,20 @@ class DataCollatorForLanguageModeling:
         first = examples[0]
         if isinstance(first, Mapping):
             keys = list(first.keys())
-            key_set = set(keys)
-            for i, ex in enumerate(examples):
-                if ex.keys() != key_set:
-                    raise ValueError(
-                        f"examples have different keys: example 0 has {sorted(key_set)}, "
-                        f"example {i} has {sorted(ex.keys())}"
-                    )
-            if "input_ids" not in key_set:
+            if "input_ids" not in keys:
                 raise KeyError(f"examples need an 'input_ids' key, got {keys}")
-            return {k: list(map(itemgetter(k), examples)) for k in keys}, False
+            # Same number of keys everywhere (one C-level pass) and every key present (the
+            # column gathering raises KeyError otherwise): the key sets are then identical.
+            try:
+                if set(map(len, examples)) != {len(keys)}:
+                    raise KeyError
+                return {k: list(map(itemgetter(k), examples)) for k in keys}, False
+            except KeyError:
+                i = next(i for i, ex in enumerate(examples) if set(ex.keys()) != set(keys))
+                raise ValueError(
+                    f"examples have different keys: example 0 has {sorted(keys)}, "
+                    f"example {i} has {sorted(examples[i].keys())}"
+                ) from None
         if _is_row(first):
             return {"input_ids": examples}, False
         raise TypeError(
@@ -321,7 +336,7 @@ class DataCollatorForLanguageModeling:
         ids_rows = cols["input_ids"]
         if not ids_rows or not _is_row(ids_rows[0]):
             raise TypeError("input_ids of each example must be a sequence of token ids")
-        lengths_np = np.fromiter(map(len, ids_rows), dtype=np.int64, count=len(ids_rows))
+        lengths_np = _lengths(ids_rows)
         longest = int(lengths_np.max()) if len(lengths_np) else 0
         if self.max_length is not None:
             if longest > self.max_length:
@@ -361,7 +376,7 @@ class DataCollatorForLanguageModeling:
                 or key in per_token_pad
                 or self._same_lengths(rows, lengths_np)
             ):
-                row_lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+                row_lengths = _lengths(rows)
                 if not np.array_equal(row_lengths, lengths_np):
                     i = int(np.flatnonzero(row_lengths != lengths_np)[0])
                     raise ValueError(
@@ -392,9 +407,7 @@ class DataCollatorForLanguageModeling:
     @staticmethod
     def _same_lengths(rows: list, lengths: np.ndarray) -> bool:
         try:
-            return np.array_equal(
-                np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), lengths
-            )
+            return np.array_equal(_lengths(rows), lengths)
         except TypeError:
             return False
 

@@ -2,6 +2,11 @@
 // padded tensor's memory, one C loop, no Python loop per row or per token. Python's limited API
 // only (the extension is one abi3 wheel); the tensor is allocated by the caller, which passes
 // its address.
+// The buffer protocol joined the limited API in Python 3.11 (torch's flag says 3.10).
+#ifdef Py_LIMITED_API
+#undef Py_LIMITED_API
+#endif
+#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 
 #include <cstdint>
@@ -31,9 +36,62 @@ PyObject* row_lengths(PyObject*, PyObject* args) {
   return PyLong_FromSsize_t(longest);
 }
 
+// Copies a row that exposes a 1-D C-contiguous integer buffer (a numpy array, array.array).
+// Returns 1 when done, 0 when the object has no usable buffer (the caller falls back to the
+// sequence protocol), -1 on error.
+template <typename T>
+int fill_from_buffer(PyObject* row, Py_ssize_t len, T* dst) {
+  if (!PyObject_CheckBuffer(row)) return 0;
+  Py_buffer view;
+  if (PyObject_GetBuffer(row, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) != 0) {
+    PyErr_Clear();
+    return 0;
+  }
+  const char* f = view.format ? view.format : "B";
+  if (*f == '<' || *f == '=' || *f == '@') ++f;
+  const bool ok_shape = view.ndim == 1 && view.shape && view.shape[0] == len && f[0] && !f[1];
+  int rc = 0;
+  if (ok_shape) {
+    rc = 1;
+    const char c = f[0];
+    const void* b = view.buf;
+    if ((c == 'q' || c == 'l' || c == 'Q' || c == 'L') && view.itemsize == 8) {
+      for (Py_ssize_t j = 0; j < len; ++j)
+        dst[j] = static_cast<T>(static_cast<const int64_t*>(b)[j]);
+    } else if ((c == 'i' || c == 'l') && view.itemsize == 4) {
+      for (Py_ssize_t j = 0; j < len; ++j)
+        dst[j] = static_cast<T>(static_cast<const int32_t*>(b)[j]);
+    } else if ((c == 'I' || c == 'L') && view.itemsize == 4) {
+      for (Py_ssize_t j = 0; j < len; ++j)
+        dst[j] = static_cast<T>(static_cast<const uint32_t*>(b)[j]);
+    } else if (c == 'h' && view.itemsize == 2) {
+      for (Py_ssize_t j = 0; j < len; ++j)
+        dst[j] = static_cast<T>(static_cast<const int16_t*>(b)[j]);
+    } else if (c == 'H' && view.itemsize == 2) {
+      for (Py_ssize_t j = 0; j < len; ++j)
+        dst[j] = static_cast<T>(static_cast<const uint16_t*>(b)[j]);
+    } else if (c == 'b' && view.itemsize == 1) {
+      for (Py_ssize_t j = 0; j < len; ++j)
+        dst[j] = static_cast<T>(static_cast<const int8_t*>(b)[j]);
+    } else if ((c == 'B' || c == '?') && view.itemsize == 1) {
+      for (Py_ssize_t j = 0; j < len; ++j)
+        dst[j] = static_cast<T>(static_cast<const uint8_t*>(b)[j]);
+    } else {
+      PyErr_Format(PyExc_TypeError, "expected integer values, got buffer format '%s'", view.format);
+      rc = -1;
+    }
+  }
+  PyBuffer_Release(&view);
+  return rc;
+}
+
 template <typename T>
 int fill_row(PyObject* row, Py_ssize_t len, T* dst, bool none_is_pad, long long pad) {
   const bool list = PyList_Check(row), tuple = PyTuple_Check(row);
+  if (!list && !tuple) {
+    const int rc = fill_from_buffer<T>(row, len, dst);
+    if (rc != 0) return rc < 0 ? -1 : 0;
+  }
   for (Py_ssize_t j = 0; j < len; ++j) {
     PyObject* item = list ? PyList_GetItem(row, j)
                           : (tuple ? PyTuple_GetItem(row, j) : PySequence_GetItem(row, j));
@@ -97,7 +155,12 @@ PyObject* pack_rows(PyObject*, PyObject* args) {
     if (rc != 0) {
       PyObject *type, *value, *tb;
       PyErr_Fetch(&type, &value, &tb);
-      PyErr_Format(PyExc_TypeError, "pack_rows: row %zd holds a value that is not an integer", i);
+      PyErr_NormalizeException(&type, &value, &tb);
+      PyObject* text = value ? PyObject_Str(value) : nullptr;
+      const char* what = text ? PyUnicode_AsUTF8AndSize(text, nullptr) : nullptr;
+      PyErr_Format(PyExc_TypeError, "row %zd holds a value that is not an integer (%s)", i,
+                   what ? what : "?");
+      Py_XDECREF(text);
       Py_XDECREF(type);
       Py_XDECREF(value);
       Py_XDECREF(tb);
