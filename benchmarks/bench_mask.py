@@ -483,7 +483,7 @@ def sanity(name, result, data) -> dict:
 
 def machine_info(device, mlmfast) -> dict:
     info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,

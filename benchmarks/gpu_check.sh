@@ -3,11 +3,13 @@
 #
 # Run from the repository root on a CUDA machine, with $OUT an (empty) output folder:
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh
-# Writes 7 files to $OUT: build.log, tests.log, bench_mask_cuda.{json,txt},
-# bench_mask_cpu.{json,txt}, summary.txt. A failing build stops the script (exit 1, after
-# summary.txt); failing tests or benchmarks are recorded in summary.txt and do not.
-# Every step has a time limit; the whole script normally takes 2-4 minutes (most of it the
-# build) and at most ~8.
+# Writes 8 files to $OUT: build.log, tests.log, bench_mask_cuda.{json,txt},
+# bench_collator_cuda.json, bench_mask_cpu.{json,txt}, summary.txt (the collator benchmark's
+# table goes into summary.txt). A failing build stops the script (exit 1, after summary.txt);
+# failing tests or benchmarks are recorded in summary.txt and do not.
+# Every step has a time limit, cut further so that the whole script stays under DEADLINE
+# seconds (470, ~8 min; a step left with under 15 s is skipped, exit 124); it normally takes
+# 2-4 minutes (most of it the build).
 set -euo pipefail
 
 : "${OUT:?set OUT to an output folder}"
@@ -22,17 +24,39 @@ export MAX_JOBS="${MAX_JOBS:-16}"
 PY="${PYTHON:-python}"
 
 t0=$SECONDS
-rc_build=0 rc_tests=0 rc_cuda=0 rc_cpu=0
-t_build=0 t_tests=0 t_cuda=0 t_cpu=0
+DEADLINE="${DEADLINE:-470}"
+rc_build=0 rc_tests=0 rc_cuda=0 rc_coll=0 rc_cpu=0
+t_build=0 t_tests=0 t_cuda=0 t_coll=0 t_cpu=0
+COLL_TXT="$(mktemp)"
+trap 'rm -f "$COLL_TXT"' EXIT
+
+# limit N: the time limit of the next step, N seconds or what is left before DEADLINE
+limit() {
+  local left=$((DEADLINE - (SECONDS - t0)))
+  echo $((left < $1 ? left : $1))
+}
+
+# step NAME N CMD...: runs CMD under `timeout` (limit N), output to stdout; exit 124 without
+# running it when fewer than 15 s are left
+step() {
+  local name=$1 lim
+  lim=$(limit "$2")
+  shift 2
+  if ((lim < 15)); then
+    echo "gpu_check: $name skipped (${lim}s left before the ${DEADLINE}s deadline)"
+    return 124
+  fi
+  timeout "$lim" "$@"
+}
 
 write_summary() {
   {
     echo "mlmfast gpu_check  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo
-    printf '%-10s exit %-4s %5ss\n' build "$rc_build" "$t_build" tests "$rc_tests" "$t_tests" \
-      bench_cuda "$rc_cuda" "$t_cuda" bench_cpu "$rc_cpu" "$t_cpu"
+    printf '%-12s exit %-4s %5ss\n' build "$rc_build" "$t_build" tests "$rc_tests" "$t_tests" \
+      bench_cuda "$rc_cuda" "$t_cuda" bench_coll "$rc_coll" "$t_coll" bench_cpu "$rc_cpu" "$t_cpu"
     echo "total $((SECONDS - t0))s"
-    echo "(exit 124 = step timed out; tests exit 5 = no tests collected)"
+    echo "(exit 124 = step timed out or skipped; tests exit 5 = no tests collected)"
     echo
     echo "== environment"
     echo "CUDA_HOME=${CUDA_HOME:-} TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
@@ -66,6 +90,11 @@ EOF
         fi
       fi
     done
+    if [[ -s "$COLL_TXT" ]]; then
+      echo
+      echo "== bench collator cuda (exit $rc_coll; bench_collator_cuda.json)"
+      tail -n 80 "$COLL_TXT"
+    fi
     echo
     echo "== nvidia-smi"
     if command -v nvidia-smi >/dev/null; then
@@ -78,7 +107,7 @@ EOF
 
 # 1. build (CUDA sources for sm_90); --no-deps: torch and numpy are preinstalled, no network.
 s=$SECONDS
-timeout 200 "$PY" -m pip install --no-deps --no-build-isolation -v -e . 2>&1 \
+step build 200 "$PY" -m pip install --no-deps --no-build-isolation -v -e . 2>&1 \
   | tee "$OUT/build.log" || rc_build=$?
 t_build=$((SECONDS - s))
 if [[ $rc_build -ne 0 ]]; then
@@ -89,18 +118,24 @@ fi
 
 # 2. fast tests (failures recorded, not fatal)
 s=$SECONDS
-timeout 100 "$PY" -m pytest -x -q tests -m "not slow" 2>&1 | tee "$OUT/tests.log" || rc_tests=$?
+step tests 100 "$PY" -m pytest -x -q tests -m "not slow" 2>&1 | tee "$OUT/tests.log" || rc_tests=$?
 t_tests=$((SECONDS - s))
 
 # 3. benchmarks
 s=$SECONDS
-timeout 90 "$PY" benchmarks/bench_mask.py --device cuda --json "$OUT/bench_mask_cuda.json" 2>&1 \
-  | tee "$OUT/bench_mask_cuda.txt" || rc_cuda=$?
+step bench_cuda 90 "$PY" benchmarks/bench_mask.py --device cuda \
+  --json "$OUT/bench_mask_cuda.json" 2>&1 | tee "$OUT/bench_mask_cuda.txt" || rc_cuda=$?
 t_cuda=$((SECONDS - s))
 
 s=$SECONDS
+# --min-time 0.5: a quarter of the default sampling time per competitor (about 30 s in all)
+step bench_coll 75 "$PY" benchmarks/bench_collator.py --device cuda --min-time 0.5 \
+  --json "$OUT/bench_collator_cuda.json" 2>&1 | tee "$COLL_TXT" || rc_coll=$?
+t_coll=$((SECONDS - s))
+
+s=$SECONDS
 # --min-time 1: half the default sampling time per competitor (about 20 s in all)
-timeout 75 "$PY" benchmarks/bench_mask.py --device cpu --min-time 1 \
+step bench_cpu 75 "$PY" benchmarks/bench_mask.py --device cpu --min-time 1 \
   --json "$OUT/bench_mask_cpu.json" 2>&1 | tee "$OUT/bench_mask_cpu.txt" || rc_cpu=$?
 t_cpu=$((SECONDS - s))
 
