@@ -32,7 +32,11 @@ __all__ = ["DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask"]
 # Per-token inputs the collator uses and does not return (not model inputs).
 CONSUMED = ("special_tokens_mask", "offset_mapping", "word_ids", "pos_ids", "sample_id")
 _KNOWN_PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", *CONSUMED)
-_INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
+_CONSUMED_DTYPES = {
+    "special_tokens_mask": torch.uint8,
+    "pos_ids": torch.uint8,
+    "word_ids": torch.int32,
+}
 
 
 def _mix_seed(seed: int, *streams: int) -> int:
@@ -65,8 +69,8 @@ def _pad_rows(
     none_is_pad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rows (lists/tuples of ints, 1-D numpy arrays or tensors) -> ([B, L] tensor, lengths [B]).
-    L = `length` or the longest row. Lists go through one C loop; arrays through one
-    concatenation and one masked scatter."""
+    L = `length` or the longest row. Lists and numpy arrays go through one C loop (arrays by the
+    buffer protocol); tensors through one concatenation and a memcpy per row in C."""
     n = len(rows)
     first = rows[0] if n else []
     if isinstance(first, list | tuple | np.ndarray):
@@ -84,29 +88,40 @@ def _pad_rows(
         except (TypeError, ValueError) as e:
             raise type(e)(f"{name}: {e}") from None
         return out, lengths
-    if isinstance(first, torch.Tensor):
-        flat = torch.cat(list(rows)) if n > 1 else first
-    else:
+    if not isinstance(first, torch.Tensor):
         raise TypeError(
             f"{name}: rows must be lists, tuples, numpy arrays or tensors, got {type(first).__name__}"
         )
+    # tensors: one concatenation, then a memcpy per row in C
+    flat = torch.cat(rows) if n > 1 else first
     if flat.dim() != 1:
         raise ValueError(f"{name}: each example must be a 1-D sequence, got {flat.dim()}-D rows")
     if flat.dtype.is_floating_point or flat.dtype.is_complex:
         raise TypeError(f"{name}: expected integer values, got {flat.dtype}")
     lengths = torch.from_numpy(_lengths(rows))
-    L = int(lengths.max()) if length is None and n else (length or 0)
-    if n and int(lengths.max()) > L:
-        raise ValueError(f"{name}: a row has {int(lengths.max())} tokens, more than the length {L}")
-    out = torch.full((n, L), pad_value, dtype=dtype)
-    ar = torch.arange(L)
-    mask = ar >= (L - lengths).unsqueeze(1) if left else ar < lengths.unsqueeze(1)
-    out[mask] = flat.to(dtype)
+    longest = int(lengths.max()) if n else 0
+    L = longest if length is None else length
+    if longest > L:
+        raise ValueError(f"{name}: a row has {longest} tokens, more than the length {L}")
+    flat = flat.to(device="cpu", dtype=dtype).contiguous()
+    out = torch.empty((n, L), dtype=dtype)
+    _C.pack_flat(
+        flat.data_ptr(),
+        lengths.data_ptr(),
+        n,
+        out.data_ptr(),
+        L,
+        out.element_size(),
+        pad_value,
+        left,
+    )
     return out, lengths
 
 
 def _lengths(rows: list) -> np.ndarray:
-    """len() of every row, in one C loop."""
+    """len() of every row, in one C loop (numel() for tensors: their len() is Python code)."""
+    if rows and isinstance(rows[0], torch.Tensor):
+        return np.fromiter(map(torch.Tensor.numel, rows), dtype=np.int64, count=len(rows))
     out = np.empty(len(rows), dtype=np.int64)
     if len(rows):
         _C.row_lengths(rows, out.ctypes.data)
@@ -383,7 +398,8 @@ class DataCollatorForLanguageModeling:
                         f"{key} of example {i} has {row_lengths[i]} entries but its input_ids has "
                         f"{lengths_np[i]}; per-token keys must match input_ids in length"
                     )
-                dtype = torch.uint8 if key == "pos_ids" else torch.long
+                # consumed keys in the narrowest type the op takes; returned keys as int64
+                dtype = _CONSUMED_DTYPES.get(key, torch.long)
                 batch[key], _ = _pad_rows(
                     rows, L, per_token_pad.get(key, 0), left, dtype, key, key == "word_ids"
                 )

@@ -170,7 +170,53 @@ PyObject* pack_rows(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// pack_flat(flat_address, lengths_address, rows, address, length, element_size, pad_value, left):
+// the rows stored back to back in `flat` (lengths[i] elements each, same element type as the
+// output) into a padded [rows, length] buffer; a memcpy per row.
+PyObject* pack_flat(PyObject*, PyObject* args) {
+  unsigned long long flat_addr, len_addr, addr;
+  Py_ssize_t n, length;
+  int elem, left;
+  long long pad;
+  if (!PyArg_ParseTuple(args, "KKnKniLp", &flat_addr, &len_addr, &n, &addr, &length, &elem, &pad,
+                        &left))
+    return nullptr;
+  if (elem != 1 && elem != 4 && elem != 8) {
+    PyErr_SetString(PyExc_ValueError, "pack_flat: element_size must be 1, 4 or 8");
+    return nullptr;
+  }
+  const char* flat = reinterpret_cast<const char*>(flat_addr);
+  const int64_t* lengths = reinterpret_cast<const int64_t*>(len_addr);
+  char* out = reinterpret_cast<char*>(addr);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (lengths[i] < 0 || lengths[i] > length) {
+      PyErr_Format(PyExc_ValueError, "pack_flat: row %zd has %lld elements, more than %zd", i,
+                   static_cast<long long>(lengths[i]), length);
+      return nullptr;
+    }
+  }
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    const Py_ssize_t len = static_cast<Py_ssize_t>(lengths[i]);
+    char* row = out + static_cast<size_t>(i) * length * elem;
+    char* data = row + (left ? (length - len) * elem : 0);
+    char* pad_at = left ? row : row + len * elem;
+    const Py_ssize_t npad = length - len;
+    if (elem == 8) {
+      for (Py_ssize_t j = 0; j < npad; ++j) reinterpret_cast<int64_t*>(pad_at)[j] = pad;
+    } else if (elem == 4) {
+      for (Py_ssize_t j = 0; j < npad; ++j)
+        reinterpret_cast<int32_t*>(pad_at)[j] = static_cast<int32_t>(pad);
+    } else {
+      std::memset(pad_at, static_cast<int>(pad), static_cast<size_t>(npad));
+    }
+    std::memcpy(data, flat, static_cast<size_t>(len) * elem);
+    flat += static_cast<size_t>(len) * elem;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef kMethods[] = {
+    {"pack_flat", pack_flat, METH_VARARGS, "pad rows stored back to back into a buffer"},
     {"row_lengths", row_lengths, METH_VARARGS, "lengths of a list of rows into an int64 buffer"},
     {"pack_rows", pack_rows, METH_VARARGS, "pad a list of integer rows into a buffer"},
     {nullptr, nullptr, 0, nullptr}};
