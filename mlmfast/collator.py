@@ -32,6 +32,7 @@ __all__ = ["DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask"]
 # Per-token inputs the collator uses and does not return (not model inputs).
 CONSUMED = ("special_tokens_mask", "offset_mapping", "word_ids", "pos_ids", "sample_id")
 _KNOWN_PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", *CONSUMED)
+_PRIVATE_ATTENTION = "_mlmfast_attention"  # used for masking, not returned
 _CONSUMED_DTYPES = {
     "special_tokens_mask": torch.uint8,
     "pos_ids": torch.uint8,
@@ -145,6 +146,16 @@ def _word_ids_from_offsets(offsets: torch.Tensor, special: torch.Tensor) -> torc
     return word_ids.masked_fill(special, -1)
 
 
+def _word_runs(word_ids: torch.Tensor) -> torch.Tensor:
+    """Word ids as given (e.g. encoding.word_ids(), which restarts at 0 for the second sentence
+    of a pair) -> one id per run of equal ids, so distinct words never share a draw."""
+    w = word_ids.long()
+    prev = torch.roll(w, 1, dims=1)
+    prev[:, 0] = -1
+    starts = (w >= 0) & ((w != prev) | (prev < 0))
+    return (torch.cumsum(starts.long(), dim=1) - 1).masked_fill(w < 0, -1)
+
+
 class DataCollatorForLanguageModeling:
     """Drop-in for ``transformers.DataCollatorForLanguageModeling`` (same constructor and
     outputs), with the fused mlmfast op doing padding and masking.
@@ -199,7 +210,8 @@ class DataCollatorForLanguageModeling:
         self.exclude_special_from_random = exclude_special_from_random
         self.return_positions = return_positions
         self.max_length = max_length
-        self.epoch = int(epoch)
+        # in shared memory, so that set_epoch reaches DataLoader workers (persistent ones too)
+        self._epoch = torch.tensor([int(epoch)], dtype=torch.int64).share_memory_()
         self._check()
         self.mask_token_id = tokenizer.mask_token_id if mlm else None
         self.pad_token_id = tokenizer.pad_token_id
@@ -216,7 +228,8 @@ class DataCollatorForLanguageModeling:
                     f"got {len(pos_frequencies)}"
                 )
         self.pos_frequencies = pos_frequencies
-        self._stream: tuple[int, int, int] | None = None  # (pid, worker, rank) of the counter
+        self._continuation: torch.Tensor | None = None  # "##" pieces, for whole words
+        self._stream: tuple[int, int, int] | None = None  # (pid, worker seed, rank)
         self._seen = 0
 
     # -- configuration ---------------------------------------------------------------------
@@ -261,9 +274,14 @@ class DataCollatorForLanguageModeling:
         ids.update(i for i, t in decoder.items() if getattr(t, "special", False))
         return sorted(i for i in ids if i is not None and i >= 0)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        """New masks for a new epoch (same seed, same sample ids -> the same masks again)."""
-        self.epoch = int(epoch)
+        """New masks for a new epoch (same seed, same sample ids -> the same masks again). The
+        value lives in shared memory: DataLoader workers, persistent or not, see it."""
+        self._epoch[0] = int(epoch)
 
     # -- randomness ------------------------------------------------------------------------
     def _seed_and_ids(
@@ -275,10 +293,14 @@ class DataCollatorForLanguageModeling:
         if self.seed is None:
             return draw_seed(), None  # torch's generator: seeded per DataLoader worker by torch
         info = torch.utils.data.get_worker_info()
-        stream = (os.getpid(), info.id if info is not None else -1, _rank())
+        # A worker's torch seed (DataLoader base seed + worker id) is new for every epoch's
+        # workers and reproducible under torch.manual_seed: mixing it in gives each worker, and
+        # each epoch, its own stream (transformers gives every worker the same one).
+        worker_seed = info.seed if info is not None else 0
+        stream = (os.getpid(), worker_seed, _rank())
         if stream != self._stream:  # a new process (fork/spawn) restarts its own counter
             self._stream, self._seen = stream, 0
-        seed = _mix_seed(self.seed, stream[1] + 1, stream[2])
+        seed = _mix_seed(self.seed, worker_seed, stream[2])
         ids = torch.arange(self._seen, self._seen + n, dtype=torch.long)
         self._seen += n
         return seed, ids
@@ -296,15 +318,16 @@ class DataCollatorForLanguageModeling:
             }
         return out
 
-    def _columns(self, examples: Any) -> tuple[dict[str, list], bool]:
-        """Column lists from the examples, and whether they are already padded tensors."""
+    def _columns(self, examples: Any) -> tuple[dict[str, list], str]:
+        """Column lists from the examples, and their kind: "padded" (a dict of padded columns),
+        "dicts" (a list of dict examples) or "rows" (a list of id sequences)."""
         if isinstance(examples, Mapping):  # a dict of already padded columns
             cols = dict(examples)
             if "input_ids" not in cols:
                 raise KeyError("a batch dict needs an 'input_ids' column")
-            return cols, True
+            return cols, "padded"
         if isinstance(examples, torch.Tensor | np.ndarray):
-            return {"input_ids": list(examples)}, False
+            return {"input_ids": list(examples)}, "rows"
         examples = list(examples)
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
@@ -318,7 +341,7 @@ class DataCollatorForLanguageModeling:
             try:
                 if set(map(len, examples)) != {len(keys)}:
                     raise KeyError
-                return {k: list(map(itemgetter(k), examples)) for k in keys}, False
+                return {k: list(map(itemgetter(k), examples)) for k in keys}, "dicts"
             except KeyError:
                 i = next(i for i, ex in enumerate(examples) if set(ex.keys()) != set(keys))
                 raise ValueError(
@@ -326,15 +349,15 @@ class DataCollatorForLanguageModeling:
                     f"example {i} has {sorted(examples[i].keys())}"
                 ) from None
         if _is_row(first):
-            return {"input_ids": examples}, False
+            return {"input_ids": examples}, "rows"
         raise TypeError(
             "examples must be a list of dicts, a list of token-id sequences, or a dict of padded "
             f"columns; got a list of {type(first).__name__}"
         )
 
     def _pad(self, examples: Any) -> dict[str, Any]:
-        cols, padded = self._columns(examples)
-        if padded:
+        cols, kind = self._columns(examples)
+        if kind == "padded":
             batch = {
                 k: (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v)
                 for k, v in cols.items()
@@ -368,8 +391,6 @@ class DataCollatorForLanguageModeling:
             )
         pad_id = self.pad_token_id if self.pad_token_id is not None else 0
         left = self.left_padding
-        batch: dict[str, Any] = {}
-        batch["input_ids"], _ = _pad_rows(ids_rows, L, pad_id, left, torch.long, "input_ids")
         lengths = torch.from_numpy(lengths_np)
         per_token_pad = {
             "attention_mask": 0,
@@ -379,46 +400,90 @@ class DataCollatorForLanguageModeling:
             "pos_ids": pos.SPECIAL,
             "labels": -100,
         }
+        batch: dict[str, Any] = {}  # keys in the examples' order, as tokenizer.pad does
         for key, rows in cols.items():
-            if key == "input_ids":
-                continue
             first = rows[0]
-            if key == "offset_mapping":
+            if key == "input_ids":
+                batch[key], _ = _pad_rows(rows, L, pad_id, left, torch.long, key)
+            elif key == "sample_id":
+                try:  # ints, or 0-d arrays/tensors (a Dataset returning torch.tensor(idx))
+                    ids = np.fromiter(map(int, rows), dtype=np.int64, count=len(rows))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"sample_id must be one integer per example: {e}") from None
+                batch[key] = torch.from_numpy(ids)
+            elif key == "offset_mapping":
+                self._check_lengths(key, rows, lengths_np)
                 batch[key] = self._pad_offsets(rows, lengths_np, L, left)
-                continue
-            if _is_row(first) and (
-                key in _KNOWN_PER_TOKEN
-                or key in per_token_pad
-                or self._same_lengths(rows, lengths_np)
+            elif (
+                _is_row(first)
+                and getattr(first, "ndim", 1) == 1
+                and (
+                    key in _KNOWN_PER_TOKEN
+                    or key in per_token_pad
+                    or self._same_lengths(rows, lengths_np)
+                )
             ):
-                row_lengths = _lengths(rows)
-                if not np.array_equal(row_lengths, lengths_np):
-                    i = int(np.flatnonzero(row_lengths != lengths_np)[0])
-                    raise ValueError(
-                        f"{key} of example {i} has {row_lengths[i]} entries but its input_ids has "
-                        f"{lengths_np[i]}; per-token keys must match input_ids in length"
-                    )
+                self._check_lengths(key, rows, lengths_np)
                 # consumed keys in the narrowest type the op takes; returned keys as int64
                 dtype = _CONSUMED_DTYPES.get(key, torch.long)
                 batch[key], _ = _pad_rows(
                     rows, L, per_token_pad.get(key, 0), left, dtype, key, key == "word_ids"
                 )
-            elif key == "sample_id":
-                batch[key] = torch.as_tensor(np.asarray(rows, dtype=np.int64))
             else:
                 try:
-                    batch[key] = (
-                        torch.as_tensor(np.asarray(rows))
-                        if not isinstance(first, torch.Tensor)
-                        else torch.stack(rows)
+                    value = (
+                        torch.stack(rows)
+                        if isinstance(first, torch.Tensor)
+                        else torch.as_tensor(np.asarray(rows))
                     )
                 except (ValueError, TypeError, RuntimeError) as e:
                     raise ValueError(f"cannot batch the key {key!r}: {e}") from None
-        if "attention_mask" not in batch and self._wants_attention_mask():
+                if value.dtype == torch.float64 and not isinstance(
+                    first, np.ndarray | torch.Tensor
+                ):
+                    value = value.to(torch.get_default_dtype())  # Python floats, as transformers
+                batch[key] = value
+        # transformers adds an attention mask to dict examples (tokenizer.pad), not to bare rows;
+        # the op gets one either way (positions count from the first real token)
+        if "attention_mask" not in batch:
             ar = torch.arange(L)
             att = ar >= (L - lengths).unsqueeze(1) if left else ar < lengths.unsqueeze(1)
-            batch["attention_mask"] = att.long()
+            wanted = kind == "dicts" and self._wants_attention_mask()
+            batch["attention_mask" if wanted else _PRIVATE_ATTENTION] = att.long()
         return batch
+
+    def _word_ids_from_pieces(self, ids: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+        """WordPiece words (transformers 4.x's whole-word rule): a token continues a word when
+        its piece starts with "##"."""
+        if self._continuation is None:
+            vocab = self.tokenizer.get_vocab()
+            table = torch.zeros(
+                max(self.vocab_size, max(vocab.values(), default=0) + 1), dtype=torch.bool
+            )
+            cont = [i for t, i in vocab.items() if t.startswith("##")]
+            if not cont:
+                raise ValueError(
+                    "whole_word_mask=True needs word ids: give examples 'word_ids' (e.g. from "
+                    "encoding.word_ids()) or 'offset_mapping' (return_offsets_mapping=True); this "
+                    "tokenizer has no '##' continuation pieces to infer words from"
+                )
+            table[torch.tensor(cont)] = True
+            self._continuation = table
+        cont = self._continuation[ids.clamp(0, len(self._continuation) - 1)] & ~special
+        prev_special = torch.roll(special, 1, dims=1)
+        prev_special[:, 0] = True
+        starts = ~special & (~cont | prev_special)
+        return (torch.cumsum(starts.long(), dim=1) - 1).masked_fill(special, -1)
+
+    @staticmethod
+    def _check_lengths(key: str, rows: list, lengths: np.ndarray) -> None:
+        row_lengths = _lengths(rows)
+        if not np.array_equal(row_lengths, lengths):
+            i = int(np.flatnonzero(row_lengths != lengths)[0])
+            raise ValueError(
+                f"{key} of example {i} has {row_lengths[i]} entries but its input_ids has "
+                f"{lengths[i]}; per-token keys must match input_ids in length"
+            )
 
     @staticmethod
     def _same_lengths(rows: list, lengths: np.ndarray) -> bool:
@@ -452,6 +517,7 @@ class DataCollatorForLanguageModeling:
         word_ids = batch.pop("word_ids", None)
         pos_ids = batch.pop("pos_ids", None)
         sample_ids = batch.pop("sample_id", None)
+        private_att = batch.pop(_PRIVATE_ATTENTION, None)
         ids = batch["input_ids"]
         if not self.mlm:
             labels = ids.clone()
@@ -460,20 +526,21 @@ class DataCollatorForLanguageModeling:
             batch["labels"] = labels
             return batch
 
-        att = batch.get("attention_mask")
-        if self.whole_word_mask and word_ids is None:
-            if offsets is None:
-                raise ValueError(
-                    "whole_word_mask=True needs word ids: give examples 'word_ids' (e.g. from "
-                    "encoding.word_ids()) or 'offset_mapping' (return_offsets_mapping=True)"
-                )
-            special = torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
-            if special_tokens_mask is not None:
-                special |= special_tokens_mask.bool()
-            if att is not None:
-                special |= att == 0
-            word_ids = _word_ids_from_offsets(offsets, special)
-        elif not self.whole_word_mask:
+        att = batch.get("attention_mask", private_att)
+        if self.whole_word_mask:
+            if word_ids is not None:
+                word_ids = _word_runs(word_ids)
+            else:
+                special = torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
+                if special_tokens_mask is not None:
+                    special |= special_tokens_mask.bool()
+                if att is not None:
+                    special |= att == 0
+                if offsets is not None:
+                    word_ids = _word_ids_from_offsets(offsets, special)
+                else:
+                    word_ids = self._word_ids_from_pieces(ids, special)
+        else:
             word_ids = None
 
         pos_probs = None
