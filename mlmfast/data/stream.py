@@ -1,0 +1,360 @@
+"""A streaming loader over a shard directory: memory-mapped, shuffled, elastic, resumable.
+
+Sample order. For ``(seed, epoch)`` the order of all N rows is fixed: a seeded permutation of
+the shards, then a seeded permutation inside each shard (so consecutive rows mostly come from one
+memory-mapped file). Global batch ``i`` is ``order[i*B:(i+1)*B]``. Nothing in the order depends
+on the number of ranks or DataLoader workers:
+
+* rank ``r`` of ``world_size`` takes the global batches ``i`` with ``(i - start) % world_size ==
+  r`` (``start`` is 0 unless resuming);
+* within a rank, DataLoader worker ``w`` of ``num_workers`` takes every ``num_workers``-th of the
+  rank's batches, and the DataLoader's round-robin over workers hands them back in order.
+
+So global batch ``i`` holds the same samples whatever the world size and worker count, and each
+row is seen exactly once per epoch (the last batch is short unless ``drop_last``; ranks may get
+one batch more than others at the end of an epoch).
+
+Resume. ``state_dict()`` is ``{"epoch", "seed", "num_batches_consumed", ...}``: the number of
+*global* batches already delivered, counted in the process that consumes them (``start +
+delivered_on_this_rank * world_size``; ranks step in lockstep). With DataLoader workers the
+dataset copies in the workers run ahead (prefetch), so ask the loader returned by
+:func:`make_loader` (it counts the batches it hands out) or, with ``num_workers=0``, the stream
+itself. ``load_state_dict`` makes the *next* iteration start at that global batch; it may be
+loaded into a different world size or worker count (elastic resume). ``set_epoch`` to another
+epoch discards a loaded position.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mlmfast.data.shards import ShardSet, open_shards
+
+__all__ = ["ShardStream", "StreamLoader", "make_loader"]
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Shard:
+    """Numpy views of one memory-mapped shard (no copy: they point into the mapped file)."""
+
+    def __init__(self, path: str):
+        import pyarrow as pa
+        import pyarrow.ipc  # noqa: F401
+
+        self._source = pa.memory_map(path, "r")
+        reader = pa.ipc.open_file(self._source)
+        if reader.num_record_batches != 1:
+            table = reader.read_all().combine_chunks()
+            batch = table.to_batches()[0]
+        else:
+            batch = reader.get_batch(0)
+        self.rows = batch.num_rows
+        self.columns: dict[str, tuple[np.ndarray, np.ndarray | None, int | None]] = {}
+        for name in batch.schema.names:
+            col = batch.column(name)
+            if pa.types.is_fixed_size_list(col.type):
+                width = col.type.list_size
+                values = col.flatten().to_numpy(zero_copy_only=True)
+                self.columns[name] = (values.reshape(-1, width), None, width)
+            elif pa.types.is_list(col.type):
+                offsets = col.offsets.to_numpy(zero_copy_only=True)
+                values = col.values.to_numpy(zero_copy_only=True)
+                self.columns[name] = (values, offsets, None)
+            else:
+                self.columns[name] = (col.to_numpy(zero_copy_only=True), None, None)
+
+    def lengths(self, name: str, idx: np.ndarray) -> np.ndarray:
+        values, offsets, width = self.columns[name]
+        if width is not None:
+            return np.full(len(idx), width, dtype=np.int64)
+        return (offsets[idx + 1] - offsets[idx]).astype(np.int64)
+
+    def gather(self, name: str, idx: np.ndarray, out: np.ndarray, pad: int) -> None:
+        """Rows ``idx`` of a list column into ``out`` [k, L] (right-padded with ``pad``)."""
+        values, offsets, width = self.columns[name]
+        if width is not None:
+            if out.shape[1] == width:
+                np.take(values, idx, axis=0, out=out)
+            else:
+                out[:, :width] = values[idx]
+                out[:, width:] = pad
+            return
+        starts = offsets[idx].astype(np.int64)
+        lengths = offsets[idx + 1].astype(np.int64) - starts
+        pos = np.arange(out.shape[1], dtype=np.int64)
+        valid = pos[None, :] < lengths[:, None]
+        src = np.minimum(starts[:, None] + pos[None, :], max(len(values) - 1, 0))
+        taken = values[src] if len(values) else np.zeros(src.shape, values.dtype)
+        np.copyto(out, np.where(valid, taken, pad))
+
+
+class ShardStream(IterableDataset):
+    """Batches from a shard directory made by ``mlmfast prepare``.
+
+    Yields dicts of tensors: ``input_ids`` ``[B, L]`` int64 right-padded with the tokenizer's pad
+    id, ``attention_mask`` ``[B, L]`` int64, ``sample_id`` ``[B]`` int64 and, when the shards
+    have them, ``word_ids`` (int32, ``-1`` on specials and padding) and ``token_type_ids``.
+    With ``collator`` (e.g. ``mlmfast.DataCollatorForLanguageModeling``) each batch dict is
+    passed through it; without, batches stay unmasked so masking can run on the GPU with
+    ``mlmfast.mask_tokens(..., sample_ids=batch["sample_id"])``.
+
+    Args:
+        path: shard directory.
+        batch_size: rows per global batch (per rank, per step).
+        shuffle, seed, epoch: the order of an epoch is a pure function of ``(seed, epoch)``.
+        drop_last: drop the last, short global batch.
+        rank, world_size: default from ``torch.distributed`` when initialised, else 0 and 1.
+        pad_to_max_length: pad to the manifest's ``max_length`` instead of the longest row.
+        verify, tokenizer: passed to :func:`~mlmfast.data.shards.open_shards`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        collator: Callable[[dict], Any] | None = None,
+        pad_to_max_length: bool = False,
+        verify: bool = False,
+        tokenizer: Any = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        d_rank, d_world = _dist_rank_world()
+        self.rank = d_rank if rank is None else rank
+        self.world_size = d_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
+        self.shards: ShardSet = open_shards(path, verify=verify, tokenizer=tokenizer)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+        self.drop_last = drop_last
+        self.collator = collator
+        self.pad_to_max_length = pad_to_max_length
+        self.pad_token_id = self.shards.pad_token_id
+        self._counts = np.asarray(self.shards.rows_per_shard, dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
+        self._next_start = 0  # global batch the next iteration starts at
+        self._cur_start: int | None = None  # start of the iteration in progress, if any
+        self._delivered = 0
+        self._open: dict[int, _Shard] = {}
+        self._pid = os.getpid()
+
+    # -- pickling: memory maps are opened lazily in each process (fork- and spawn-safe) --
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = {}
+        return state
+
+    def _shard(self, k: int) -> _Shard:
+        if self._pid != os.getpid():
+            self._open, self._pid = {}, os.getpid()
+        shard = self._open.get(k)
+        if shard is None:
+            shard = self._open[k] = _Shard(self.shards.paths[k])
+        return shard
+
+    # -- order --
+    @property
+    def num_rows(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def num_batches(self) -> int:
+        """Global batches per epoch (over all ranks)."""
+        n, b = self.num_rows, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __len__(self) -> int:
+        """Batches this rank gets in a full epoch."""
+        n = self.num_batches
+        return max(0, -(-(n - self.rank) // self.world_size))
+
+    def global_order(self, epoch: int | None = None) -> np.ndarray:
+        """Global row indices of the epoch, in delivery order."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(self.num_rows, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, epoch])
+        parts = []
+        for k in rng.permutation(len(self._counts)):
+            parts.append(self._starts[k] + rng.permutation(self._counts[k]))
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def batch_indices(self, start: int = 0) -> list[int]:
+        """Global batch indices this rank and DataLoader worker deliver, in order."""
+        mine = range(start + self.rank, self.num_batches, self.world_size)
+        info = get_worker_info()
+        if info is not None:
+            mine = mine[info.id :: info.num_workers]
+        return list(mine)
+
+    # -- batches --
+    def _make_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        shard_of = np.searchsorted(self._starts, rows, side="right") - 1
+        cut = np.flatnonzero(np.diff(shard_of)) + 1
+        runs = np.split(np.arange(len(rows)), cut)
+        pieces = [(int(shard_of[r[0]]), r, rows[r] - self._starts[shard_of[r[0]]]) for r in runs]
+        first = self._shard(pieces[0][0])
+        names = [n for n in ("input_ids", "word_ids", "token_type_ids") if n in first.columns]
+        lengths = np.empty(len(rows), dtype=np.int64)
+        for k, pos, local in pieces:
+            lengths[pos] = self._shard(k).lengths("input_ids", local)
+        width = self.shards.max_length if self.pad_to_max_length else int(lengths.max())
+        pads = {"input_ids": self.pad_token_id, "word_ids": -1, "token_type_ids": 0}
+        out = {}
+        for name in names:
+            arr = np.empty((len(rows), width), dtype=np.int32)
+            for k, pos, local in pieces:
+                shard = self._shard(k)
+                if len(pos) == len(rows):
+                    shard.gather(name, local, arr, pads[name])
+                else:
+                    part = np.empty((len(pos), width), dtype=np.int32)
+                    shard.gather(name, local, part, pads[name])
+                    arr[pos] = part
+            out[name] = arr
+        sample_id = np.empty(len(rows), dtype=np.int64)
+        for k, pos, local in pieces:
+            sample_id[pos] = self._shard(k).columns["sample_id"][0][local]
+        batch = {
+            "input_ids": torch.from_numpy(out["input_ids"]).long(),
+            "attention_mask": (
+                torch.arange(width).unsqueeze(0) < torch.from_numpy(lengths).unsqueeze(1)
+            ).long(),
+            "sample_id": torch.from_numpy(sample_id),
+        }
+        if "word_ids" in out:
+            batch["word_ids"] = torch.from_numpy(out["word_ids"])
+        if "token_type_ids" in out:
+            batch["token_type_ids"] = torch.from_numpy(out["token_type_ids"]).long()
+        return batch
+
+    def iter_batches(self, start: int = 0) -> Iterator[dict[str, Any]]:
+        """This rank's (and worker's) batches of the current epoch from global batch ``start``,
+        without the bookkeeping of ``__iter__``."""
+        order = self.global_order()
+        b = self.batch_size
+        for i in self.batch_indices(start):
+            batch = self._make_batch(order[i * b : (i + 1) * b])
+            yield self.collator(batch) if self.collator is not None else batch
+
+    def _begin(self) -> int:
+        start, self._next_start = self._next_start, 0
+        self._cur_start, self._delivered = start, 0
+        return start
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if get_worker_info() is not None:  # a worker's copy: the main process keeps count
+            yield from self.iter_batches(self._next_start)
+            return
+        for batch in self.iter_batches(self._begin()):
+            self._delivered += 1
+            yield batch
+
+    # -- epochs and resume --
+    def set_epoch(self, epoch: int) -> None:
+        """A new epoch gives a new order; a position loaded for another epoch is discarded."""
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self._next_start, self._cur_start, self._delivered = 0, None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._cur_start is None:
+            consumed = self._next_start
+        else:
+            consumed = min(self.num_batches, self._cur_start + self._delivered * self.world_size)
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "num_batches_consumed": int(consumed),
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "num_rows": self.num_rows,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("batch_size", "shuffle", "num_rows"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"load_state_dict: {key} is {state[key]!r} in the state but "
+                    f"{getattr(self, key)!r} here; resume needs the same shards and batch_size"
+                )
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self._next_start = int(state["num_batches_consumed"])
+        self._cur_start, self._delivered = None, 0
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a :class:`ShardStream` that counts the batches it hands out, so that
+    ``state_dict()`` is right with workers prefetching ahead."""
+
+    def __iter__(self):
+        stream: ShardStream = self.dataset
+        if self.num_workers == 0:
+            yield from super().__iter__()  # the stream counts itself in this process
+            return
+        it = super().__iter__()  # workers start here and copy the stream's start position
+        stream._begin()
+        for batch in it:
+            stream._delivered += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+def make_loader(
+    path: str,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+    multiprocessing_context: Any = None,
+    **stream_options: Any,
+) -> StreamLoader:
+    """A :class:`StreamLoader` (``DataLoader(batch_size=None)``) over ``ShardStream(path,
+    batch_size, **stream_options)``. Workers are not persistent (each epoch forks fresh ones
+    that copy the epoch and start position) and open their memory maps after the fork."""
+    stream = ShardStream(path, batch_size, **stream_options)
+    extra = {}
+    if num_workers > 0:
+        extra["prefetch_factor"] = prefetch_factor or 2
+        extra["multiprocessing_context"] = multiprocessing_context
+    return StreamLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        **extra,
+    )
