@@ -215,7 +215,53 @@ PyObject* pack_flat(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// gather_rows(values_address, starts_address, lengths_address, rows, address, length,
+// element_size, pad_value): out row i = values[starts[i] : starts[i] + lengths[i]] padded on the
+// right to `length` (rows of an Arrow list column picked in any order; a memcpy per row).
+PyObject* gather_rows(PyObject*, PyObject* args) {
+  unsigned long long values_addr, starts_addr, len_addr, addr;
+  Py_ssize_t n, length;
+  int elem;
+  long long pad;
+  if (!PyArg_ParseTuple(args, "KKKnKniL", &values_addr, &starts_addr, &len_addr, &n, &addr, &length,
+                        &elem, &pad))
+    return nullptr;
+  if (elem != 1 && elem != 4 && elem != 8) {
+    PyErr_SetString(PyExc_ValueError, "gather_rows: element_size must be 1, 4 or 8");
+    return nullptr;
+  }
+  const char* values = reinterpret_cast<const char*>(values_addr);
+  const int64_t* starts = reinterpret_cast<const int64_t*>(starts_addr);
+  const int64_t* lengths = reinterpret_cast<const int64_t*>(len_addr);
+  char* out = reinterpret_cast<char*>(addr);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (lengths[i] < 0 || lengths[i] > length || starts[i] < 0) {
+      PyErr_Format(PyExc_ValueError, "gather_rows: row %zd has %lld elements, more than %zd", i,
+                   static_cast<long long>(lengths[i]), length);
+      return nullptr;
+    }
+  }
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    const Py_ssize_t len = static_cast<Py_ssize_t>(lengths[i]);
+    char* row = out + static_cast<size_t>(i) * length * elem;
+    std::memcpy(row, values + static_cast<size_t>(starts[i]) * elem,
+                static_cast<size_t>(len) * elem);
+    char* pad_at = row + len * elem;
+    const Py_ssize_t npad = length - len;
+    if (elem == 8) {
+      for (Py_ssize_t j = 0; j < npad; ++j) reinterpret_cast<int64_t*>(pad_at)[j] = pad;
+    } else if (elem == 4) {
+      for (Py_ssize_t j = 0; j < npad; ++j)
+        reinterpret_cast<int32_t*>(pad_at)[j] = static_cast<int32_t>(pad);
+    } else {
+      std::memset(pad_at, static_cast<int>(pad), static_cast<size_t>(npad));
+    }
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef kMethods[] = {
+    {"gather_rows", gather_rows, METH_VARARGS, "pick rows of a ragged column into a buffer"},
     {"pack_flat", pack_flat, METH_VARARGS, "pad rows stored back to back into a buffer"},
     {"row_lengths", row_lengths, METH_VARARGS, "lengths of a list of rows into an int64 buffer"},
     {"pack_rows", pack_rows, METH_VARARGS, "pad a list of integer rows into a buffer"},
