@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "philox.h"
@@ -69,7 +70,16 @@ __attribute__((target("avx512f"))) inline void avx512(int n, const uint32_t* c0,
     _mm512_storeu_si512(oz + i, z);
     _mm512_storeu_si512(ow + i, w);
   }
-  portable(i, n, c0, c1, c2, c3, key, ox, oy, oz, ow);
+  if (i < n) {  // the tail as one padded vector: a scalar Philox costs as much as 16 lanes
+    alignas(64) uint32_t c[16] = {}, x[16], y[16], z[16], w[16];
+    const int r = n - i;
+    std::memcpy(c, c0 + i, sizeof(uint32_t) * r);
+    avx512(16, c, c1, c2, c3, key, x, y, z, w);
+    std::memcpy(ox + i, x, sizeof(uint32_t) * r);
+    std::memcpy(oy + i, y, sizeof(uint32_t) * r);
+    std::memcpy(oz + i, z, sizeof(uint32_t) * r);
+    std::memcpy(ow + i, w, sizeof(uint32_t) * r);
+  }
 }
 
 __attribute__((target("avx2"))) inline void avx2(int n, const uint32_t* c0, uint32_t c1,
@@ -106,7 +116,16 @@ __attribute__((target("avx2"))) inline void avx2(int n, const uint32_t* c0, uint
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(oz + i), z);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(ow + i), w);
   }
-  portable(i, n, c0, c1, c2, c3, key, ox, oy, oz, ow);
+  if (i < n) {  // the tail as one padded vector
+    alignas(32) uint32_t c[8] = {}, x[8], y[8], z[8], w[8];
+    const int r = n - i;
+    std::memcpy(c, c0 + i, sizeof(uint32_t) * r);
+    avx2(8, c, c1, c2, c3, key, x, y, z, w);
+    std::memcpy(ox + i, x, sizeof(uint32_t) * r);
+    std::memcpy(oy + i, y, sizeof(uint32_t) * r);
+    std::memcpy(oz + i, z, sizeof(uint32_t) * r);
+    std::memcpy(ow + i, w, sizeof(uint32_t) * r);
+  }
 }
 
 enum Isa { kUnknown = 0, kPortable, kAvx2, kAvx512 };
