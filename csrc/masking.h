@@ -78,10 +78,15 @@ MLMFAST_HD u32x4 select_block(const RowKey& k, uint32_t block) {
   return philox_at(k, kTagSelect | (block & kIndexMask));
 }
 
+// Selection draws of words 4*block .. 4*block + 3.
+MLMFAST_HD u32x4 word_draws(const RowKey& k, uint32_t block) {
+  return philox_at(k, kTagWord | (block & kIndexMask));
+}
+
 // Selection draw of a whole word: every token of word `word_id` sees the same number.
 MLMFAST_HD uint32_t word_draw(const RowKey& k, uint64_t word_id) {
   const uint32_t w = static_cast<uint32_t>(word_id);
-  return lane(philox_at(k, kTagWord | ((w >> 2) & kIndexMask)), static_cast<int>(w & 3u));
+  return lane(word_draws(k, w >> 2), static_cast<int>(w & 3u));
 }
 
 MLMFAST_HD bool is_special(const MaskParams& P, int64_t id) {

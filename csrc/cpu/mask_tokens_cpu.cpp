@@ -79,8 +79,8 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   const int64_t base = r.row * L;
   int64_t cached_block = -1;
   u32x4 block{};
-  int64_t cached_word = -1;
-  uint32_t word_u = 0;
+  int64_t cached_word_block = -1;  // consecutive word ids share a Philox block (4 per call)
+  u32x4 word_block{};
   for (int64_t j = 0; j < L; ++j) {
     const int64_t flat = base + j;
     const T id = r.ids[j];
@@ -92,11 +92,12 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
       const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
       uint32_t u;
       if (w >= 0) {
-        if (w != cached_word) {
-          cached_word = w;
-          word_u = word_draw(r.key, static_cast<uint64_t>(w));
+        const uint32_t w32 = static_cast<uint32_t>(w);
+        if (static_cast<int64_t>(w32 >> 2) != cached_word_block) {
+          cached_word_block = w32 >> 2;
+          word_block = word_draws(r.key, w32 >> 2);
         }
-        u = word_u;
+        u = lane(word_block, static_cast<int>(w32 & 3u));
       } else {
         const int64_t b = rel >> 2;
         if (b != cached_block) {
