@@ -71,11 +71,11 @@ def _datasets_peer(directory: str, batch_size: int, tok, rounds: int) -> dict | 
 
     from mlmfast.data import open_shards
 
-    tables = []
-    for p in open_shards(directory).paths:
+    rows = []
+    for p in open_shards(directory).paths:  # shards may mix fixed_size_list and list columns
         with pa.memory_map(p) as src:
-            tables.append(pa.ipc.open_file(src).read_all().select(["input_ids"]))
-    rows = pa.concat_tables(tables).column("input_ids").to_pylist()
+            col = pa.ipc.open_file(src).read_all().column("input_ids")
+            rows.extend(col.cast(pa.list_(pa.int32())).to_pylist())
     dset = datasets.Dataset.from_dict({"input_ids": rows}).with_format("torch")
     collator = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
 
