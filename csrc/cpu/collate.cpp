@@ -170,6 +170,18 @@ PyObject* pack_rows(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// n elements of `elem` bytes at `at` set to `pad`.
+void fill_pad(char* at, Py_ssize_t n, int elem, long long pad) {
+  if (elem == 8) {
+    for (Py_ssize_t j = 0; j < n; ++j) reinterpret_cast<int64_t*>(at)[j] = pad;
+  } else if (elem == 4) {
+    for (Py_ssize_t j = 0; j < n; ++j)
+      reinterpret_cast<int32_t*>(at)[j] = static_cast<int32_t>(pad);
+  } else {
+    std::memset(at, static_cast<int>(pad), static_cast<size_t>(n));
+  }
+}
+
 // pack_flat(flat_address, lengths_address, rows, address, length, element_size, pad_value, left):
 // the rows stored back to back in `flat` (lengths[i] elements each, same element type as the
 // output) into a padded [rows, length] buffer; a memcpy per row.
@@ -201,14 +213,7 @@ PyObject* pack_flat(PyObject*, PyObject* args) {
     char* data = row + (left ? (length - len) * elem : 0);
     char* pad_at = left ? row : row + len * elem;
     const Py_ssize_t npad = length - len;
-    if (elem == 8) {
-      for (Py_ssize_t j = 0; j < npad; ++j) reinterpret_cast<int64_t*>(pad_at)[j] = pad;
-    } else if (elem == 4) {
-      for (Py_ssize_t j = 0; j < npad; ++j)
-        reinterpret_cast<int32_t*>(pad_at)[j] = static_cast<int32_t>(pad);
-    } else {
-      std::memset(pad_at, static_cast<int>(pad), static_cast<size_t>(npad));
-    }
+    fill_pad(pad_at, npad, elem, pad);
     std::memcpy(data, flat, static_cast<size_t>(len) * elem);
     flat += static_cast<size_t>(len) * elem;
   }
@@ -248,14 +253,7 @@ PyObject* gather_rows(PyObject*, PyObject* args) {
                 static_cast<size_t>(len) * elem);
     char* pad_at = row + len * elem;
     const Py_ssize_t npad = length - len;
-    if (elem == 8) {
-      for (Py_ssize_t j = 0; j < npad; ++j) reinterpret_cast<int64_t*>(pad_at)[j] = pad;
-    } else if (elem == 4) {
-      for (Py_ssize_t j = 0; j < npad; ++j)
-        reinterpret_cast<int32_t*>(pad_at)[j] = static_cast<int32_t>(pad);
-    } else {
-      std::memset(pad_at, static_cast<int>(pad), static_cast<size_t>(npad));
-    }
+    fill_pad(pad_at, npad, elem, pad);
   }
   Py_RETURN_NONE;
 }
