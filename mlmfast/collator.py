@@ -62,16 +62,18 @@ def _is_row(x: Any) -> bool:
 
 def _pad_rows(
     rows: list,
-    length: int | None,
+    lengths: np.ndarray,
+    length: int,
     pad_value: int,
     left: bool,
     dtype: torch.dtype,
     name: str,
     none_is_pad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """rows (lists/tuples of ints, 1-D numpy arrays or tensors) -> ([B, L] tensor, lengths [B]).
-    L = `length` or the longest row. Lists and numpy arrays go through one C loop (arrays by the
-    buffer protocol); tensors through one concatenation and a memcpy per row in C."""
+) -> torch.Tensor:
+    """rows (lists/tuples of ints, 1-D numpy arrays or tensors; ``lengths`` = their lengths, as
+    :func:`_lengths` gives) -> a ``[B, length]`` tensor. Lists and numpy arrays go through one C
+    loop (arrays by the buffer protocol); tensors through one concatenation and a memcpy per row
+    in C."""
     n = len(rows)
     first = rows[0] if n else []
     if isinstance(first, list | tuple | np.ndarray):
@@ -80,15 +82,14 @@ def _pad_rows(
             raise ValueError(
                 f"{name}: each example must be a 1-D sequence, got {first.ndim}-D rows"
             )
-        lengths = torch.empty(n, dtype=torch.long)
-        longest = _C.row_lengths(rows, lengths.data_ptr())
-        L = longest if length is None else length
-        out = torch.empty((n, L), dtype=dtype)
+        out = torch.empty((n, length), dtype=dtype)
         try:
-            _C.pack_rows(rows, out.data_ptr(), L, out.element_size(), pad_value, left, none_is_pad)
+            _C.pack_rows(
+                rows, out.data_ptr(), length, out.element_size(), pad_value, left, none_is_pad
+            )
         except (TypeError, ValueError) as e:
             raise type(e)(f"{name}: {e}") from None
-        return out, lengths
+        return out
     if not isinstance(first, torch.Tensor):
         raise TypeError(
             f"{name}: rows must be lists, tuples, numpy arrays or tensors, got {type(first).__name__}"
@@ -99,24 +100,26 @@ def _pad_rows(
         raise ValueError(f"{name}: each example must be a 1-D sequence, got {flat.dim()}-D rows")
     if flat.dtype.is_floating_point or flat.dtype.is_complex:
         raise TypeError(f"{name}: expected integer values, got {flat.dtype}")
-    lengths = torch.from_numpy(_lengths(rows))
     longest = int(lengths.max()) if n else 0
-    L = longest if length is None else length
-    if longest > L:
-        raise ValueError(f"{name}: a row has {longest} tokens, more than the length {L}")
+    if longest > length:
+        raise ValueError(f"{name}: a row has {longest} tokens, more than the length {length}")
     flat = flat.to(device="cpu", dtype=dtype).contiguous()
-    out = torch.empty((n, L), dtype=dtype)
-    _C.pack_flat(
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    out = torch.empty((n, length), dtype=dtype)
+    _C.gather_rows(
         flat.data_ptr(),
-        lengths.data_ptr(),
+        starts.ctypes.data,
+        lengths.ctypes.data,
         n,
         out.data_ptr(),
-        L,
+        length,
         out.element_size(),
         pad_value,
         left,
     )
-    return out, lengths
+    return out
 
 
 def _lengths(rows: list) -> np.ndarray:
@@ -404,7 +407,7 @@ class DataCollatorForLanguageModeling:
         for key, rows in cols.items():
             first = rows[0]
             if key == "input_ids":
-                batch[key], _ = _pad_rows(rows, L, pad_id, left, torch.long, key)
+                batch[key] = _pad_rows(rows, lengths_np, L, pad_id, left, torch.long, key)
             elif key == "sample_id":
                 try:  # ints, or 0-d arrays/tensors (a Dataset returning torch.tensor(idx))
                     ids = np.fromiter(map(int, rows), dtype=np.int64, count=len(rows))
@@ -426,8 +429,15 @@ class DataCollatorForLanguageModeling:
                 self._check_lengths(key, rows, lengths_np)
                 # consumed keys in the narrowest type the op takes; returned keys as int64
                 dtype = _CONSUMED_DTYPES.get(key, torch.long)
-                batch[key], _ = _pad_rows(
-                    rows, L, per_token_pad.get(key, 0), left, dtype, key, key == "word_ids"
+                batch[key] = _pad_rows(
+                    rows,
+                    lengths_np,
+                    L,
+                    per_token_pad.get(key, 0),
+                    left,
+                    dtype,
+                    key,
+                    key == "word_ids",
                 )
             else:
                 try:

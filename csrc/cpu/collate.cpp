@@ -182,54 +182,17 @@ void fill_pad(char* at, Py_ssize_t n, int elem, long long pad) {
   }
 }
 
-// pack_flat(flat_address, lengths_address, rows, address, length, element_size, pad_value, left):
-// the rows stored back to back in `flat` (lengths[i] elements each, same element type as the
-// output) into a padded [rows, length] buffer; a memcpy per row.
-PyObject* pack_flat(PyObject*, PyObject* args) {
-  unsigned long long flat_addr, len_addr, addr;
-  Py_ssize_t n, length;
-  int elem, left;
-  long long pad;
-  if (!PyArg_ParseTuple(args, "KKnKniLp", &flat_addr, &len_addr, &n, &addr, &length, &elem, &pad,
-                        &left))
-    return nullptr;
-  if (elem != 1 && elem != 4 && elem != 8) {
-    PyErr_SetString(PyExc_ValueError, "pack_flat: element_size must be 1, 4 or 8");
-    return nullptr;
-  }
-  const char* flat = reinterpret_cast<const char*>(flat_addr);
-  const int64_t* lengths = reinterpret_cast<const int64_t*>(len_addr);
-  char* out = reinterpret_cast<char*>(addr);
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    if (lengths[i] < 0 || lengths[i] > length) {
-      PyErr_Format(PyExc_ValueError, "pack_flat: row %zd has %lld elements, more than %zd", i,
-                   static_cast<long long>(lengths[i]), length);
-      return nullptr;
-    }
-  }
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    const Py_ssize_t len = static_cast<Py_ssize_t>(lengths[i]);
-    char* row = out + static_cast<size_t>(i) * length * elem;
-    char* data = row + (left ? (length - len) * elem : 0);
-    char* pad_at = left ? row : row + len * elem;
-    const Py_ssize_t npad = length - len;
-    fill_pad(pad_at, npad, elem, pad);
-    std::memcpy(data, flat, static_cast<size_t>(len) * elem);
-    flat += static_cast<size_t>(len) * elem;
-  }
-  Py_RETURN_NONE;
-}
-
 // gather_rows(values_address, starts_address, lengths_address, rows, address, length,
-// element_size, pad_value): out row i = values[starts[i] : starts[i] + lengths[i]] padded on the
-// right to `length` (rows of an Arrow list column picked in any order; a memcpy per row).
+// element_size, pad_value, left): out row i = values[starts[i] : starts[i] + lengths[i]], padded
+// to `length` with pad_value on the right (or the left); one memcpy per row. Serves rows picked
+// in any order from an Arrow list column, and rows stored back to back (a concatenation).
 PyObject* gather_rows(PyObject*, PyObject* args) {
   unsigned long long values_addr, starts_addr, len_addr, addr;
   Py_ssize_t n, length;
-  int elem;
+  int elem, left;
   long long pad;
-  if (!PyArg_ParseTuple(args, "KKKnKniL", &values_addr, &starts_addr, &len_addr, &n, &addr, &length,
-                        &elem, &pad))
+  if (!PyArg_ParseTuple(args, "KKKnKniLp", &values_addr, &starts_addr, &len_addr, &n, &addr,
+                        &length, &elem, &pad, &left))
     return nullptr;
   if (elem != 1 && elem != 4 && elem != 8) {
     PyErr_SetString(PyExc_ValueError, "gather_rows: element_size must be 1, 4 or 8");
@@ -249,18 +212,16 @@ PyObject* gather_rows(PyObject*, PyObject* args) {
   for (Py_ssize_t i = 0; i < n; ++i) {
     const Py_ssize_t len = static_cast<Py_ssize_t>(lengths[i]);
     char* row = out + static_cast<size_t>(i) * length * elem;
-    std::memcpy(row, values + static_cast<size_t>(starts[i]) * elem,
+    char* data = left ? row + (length - len) * elem : row;
+    std::memcpy(data, values + static_cast<size_t>(starts[i]) * elem,
                 static_cast<size_t>(len) * elem);
-    char* pad_at = row + len * elem;
-    const Py_ssize_t npad = length - len;
-    fill_pad(pad_at, npad, elem, pad);
+    fill_pad(left ? row : row + len * elem, length - len, elem, pad);
   }
   Py_RETURN_NONE;
 }
 
 PyMethodDef kMethods[] = {
     {"gather_rows", gather_rows, METH_VARARGS, "pick rows of a ragged column into a buffer"},
-    {"pack_flat", pack_flat, METH_VARARGS, "pad rows stored back to back into a buffer"},
     {"row_lengths", row_lengths, METH_VARARGS, "lengths of a list of rows into an int64 buffer"},
     {"pack_rows", pack_rows, METH_VARARGS, "pad a list of integer rows into a buffer"},
     {nullptr, nullptr, 0, nullptr}};

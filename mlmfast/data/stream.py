@@ -94,20 +94,24 @@ class _Shard:
             return
         starts = offsets[idx].astype(np.int64)
         lengths = offsets[idx + 1].astype(np.int64) - starts
-        values = np.ascontiguousarray(values, dtype=out.dtype)
         if not out.flags.c_contiguous:
             raise ValueError("gather: the output buffer must be C-contiguous")
-        # one memcpy per row in C (no [k, L] index arrays)
+        # one memcpy per row in C (no [k, L] index arrays), in the column's own dtype: a
+        # conversion, when one is needed, then costs a batch, not the whole memory-mapped shard
+        dst = out if out.dtype == values.dtype else np.empty(out.shape, values.dtype)
         _C.gather_rows(
             values.ctypes.data,
             starts.ctypes.data,
             lengths.ctypes.data,
             len(idx),
-            out.ctypes.data,
-            out.shape[1],
-            out.itemsize,
+            dst.ctypes.data,
+            dst.shape[1],
+            dst.itemsize,
             int(pad),
+            False,
         )
+        if dst is not out:
+            out[...] = dst
 
 
 class ShardStream(IterableDataset):
