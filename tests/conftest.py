@@ -34,6 +34,15 @@ DEVICES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """The embedded bert-base-uncased fast tokenizer, one per test module. Shared within a
+    module: tests must not mutate it (load a fresh one to add tokens)."""
+    from mlmfast.data import load_tokenizer
+
+    return load_tokenizer()
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     """Parametrises a test over :data:`DEVICES`."""

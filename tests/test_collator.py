@@ -53,12 +53,6 @@ CONTENT = ("NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM")
 
 
 @pytest.fixture(scope="module")
-def tok():
-    """The embedded bert-base-uncased fast tokenizer. Shared: tests must not mutate it."""
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def tok_left(tok):
     left = copy.deepcopy(tok)
     left.padding_side = "left"

