@@ -273,7 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="build configuration and available kernels")
     i.set_defaults(func=_info)
+
+    # Larger commands live beside their code: each module has add_parser(sub), which adds its
+    # subcommand and sets func. Imported here only for their argument definitions (cheap).
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
     return p
+
+
+_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: list[str] | None = None) -> int:
