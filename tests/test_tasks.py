@@ -339,6 +339,24 @@ def test_embedded_rotten_tomatoes_and_bbc_news():
     assert all(t.strip() and "\ufffd" not in t for t in bbc.train.texts)
 
 
+def test_bbc_news_reader_matches_the_shared_one():
+    from mlmfast.data import embedded
+    from mlmfast.train.tasks import _read_bbc_news
+
+    pairs = _read_bbc_news()
+    counts = {t: sum(1 for _, y in pairs if y == t) for t in sorted({y for _, y in pairs})}
+    assert counts == {
+        "business": 510,
+        "entertainment": 386,
+        "politics": 417,
+        "sports": 511,
+        "tech": 401,
+    }
+    assert any("£15.8m" in t for t, _ in pairs)  # the Windows-1252 article, decoded
+    if hasattr(embedded, "bbc_news_examples"):
+        assert embedded.bbc_news_examples() == pairs
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
