@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("mlmfast.train.pretrain",)
+_COMMAND_MODULES: tuple[str, ...] = ("mlmfast.train.pretrain", "mlmfast.generate")
 
 
 def main(argv: list[str] | None = None) -> int:
