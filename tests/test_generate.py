@@ -121,6 +121,9 @@ def test_never_chooses_special_or_placeholder_tokens_even_when_the_model_prefers
     with torch.no_grad():
         biased.cls.predictions.decoder.bias[favourite] += 1e4
     banned = set(favourite)
+    with torch.no_grad():
+        raw = biased(input_ids=torch.tensor([_expected_ids(tok, "the movie was", 2)])).logits
+    assert int(raw[0, 4].argmax()) in banned  # the bias really makes them the favourites
     for strategy in STRATEGIES:
         for temperature in (0.0, 1.0):
             outs = generate(
@@ -273,6 +276,22 @@ def test_batched_equals_one_by_one(mlm, strategy):
     assert _ids(batched) == _ids(one_by_one) == _ids(pairs)
     for a, b in zip(batched, one_by_one, strict=True):
         assert a.pseudo_log_likelihood == pytest.approx(b.pseudo_log_likelihood, abs=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cuda_matches_cpu(model_dir, strategy):
+    """The uniforms come from CPU generators on either device, so outputs agree."""
+    cpu_model, tok = load_mlm(model_dir)
+    cuda_model, _ = load_mlm(model_dir, device="cuda")
+    kw = dict(num_masks=3, strategy=strategy, iterations=3, seed=5, num_samples=2, top_k=50)
+    for temperature in (0.0, 1.0):
+        a = generate(cpu_model, tok, PROMPTS, temperature=temperature, **kw)
+        b = generate(cuda_model, tok, PROMPTS, temperature=temperature, **kw)
+        assert _ids(a) == _ids(b)
+        for x, y in zip(a, b, strict=True):
+            assert x.pseudo_log_likelihood == pytest.approx(y.pseudo_log_likelihood, abs=1e-2)
 
 
 def _naive_pll(model, tok, ids: list[int]) -> float:
