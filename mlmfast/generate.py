@@ -144,10 +144,10 @@ def load_mlm(path: str | os.PathLike, device: str | torch.device = "cpu", tokeni
 
 
 def _resolve_tokenizer(path: str, tokenizer: Any):
-    from transformers import AutoTokenizer
-
     if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
         return tokenizer
+    from transformers import AutoTokenizer
+
     where = path if tokenizer is None else os.fspath(tokenizer)
     arg = "model" if tokenizer is None else "tokenizer"
     if not os.path.isdir(where):
@@ -682,6 +682,8 @@ def _run(args: argparse.Namespace) -> int:
                 "block_size",
             )
         }
+        if settings["iterations"] is None:
+            settings["iterations"] = DEFAULT_ITERATIONS[args.strategy]
         settings["device"] = device
         record = {"settings": settings, "outputs": [asdict(o) for o in outputs]}
         with open(args.json, "w", encoding="utf-8") as f:

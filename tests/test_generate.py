@@ -359,6 +359,7 @@ def test_cli_end_to_end(model_dir, mlm, tmp_path, capsys):
     record = json.loads(out_json.read_text())
     prompts = ["the movie was", "a [MASK] day", "the end of the"]
     assert record["settings"]["seed"] == 4 and record["settings"]["strategy"] == "left-to-right"
+    assert record["settings"]["num_samples"] == 2 and record["settings"]["iterations"] == 1
     outputs = record["outputs"]
     assert [(o["prompt_index"], o["sample_index"]) for o in outputs] == [
         (p, s) for p in range(3) for s in range(2)
