@@ -69,6 +69,7 @@ def make_optimizer(
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     kind = {"fused": True} if on_cuda else {"foreach": True}
     for g in groups:
+        g.setdefault("lr", lr)
         g["initial_lr"] = g["lr"]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kind)
 

@@ -92,6 +92,12 @@ class PretrainConfig:
         "data", "eval_data", "tokenizer", "max_steps", "epochs", "compile",
     )  # fmt: skip
 
+    def __post_init__(self) -> None:
+        for name in ("data", "out", "eval_data", "tokenizer", "model_config", "init"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):  # pathlib paths are fine; the JSON config needs str
+                setattr(self, name, os.fspath(value))
+
     def masking(self) -> MaskingConfig:
         return MaskingConfig(
             mlm_probability=self.mlm_probability,
@@ -462,9 +468,23 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
             if step % cfg.log_every == 0 or step == stop_at:
                 elapsed = time.perf_counter() - t_window
+                if dist.initialised:  # the loss of the global batch, not of rank 0's share
+                    t = torch.tensor(
+                        [window.loss_sum, float(window.tokens), float(window.correct)],
+                        dtype=torch.float64,
+                        device=device,
+                    )
+                    torch.distributed.all_reduce(t)
+                    window.loss_sum, window.tokens, window.correct = (
+                        t[0].item(),
+                        int(t[1]),
+                        int(t[2]),
+                    )
                 metrics = window.summary()
                 metrics.update(
                     lr=scheduler.get_last_lr()[0],
+                    tokens=tok_window,
+                    seconds=elapsed,
                     tokens_per_s=tok_window / max(elapsed, 1e-9),
                     data_wait_fraction=wait_window / max(elapsed, 1e-9),
                     epoch=epoch,
