@@ -405,7 +405,11 @@ class ShardStream(IterableDataset):
         b = self.batch_size
         for i in self.batch_indices(start):
             batch = self._make_batch(order[i * b : (i + 1) * b])
-            yield self.collator(batch) if self.collator is not None else batch
+            if self.collator is not None:
+                # drop the unmasked batch now, not at the next step: its memory is then reused
+                # (cache-warm) by the next batch
+                batch = self.collator(batch)
+            yield batch
 
     def _begin(self) -> int:
         start, self._next_start = self._next_start, 0
