@@ -10,6 +10,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlmfast.data import open_shards, prepare
 from mlmfast.data.prepare import FAIL_AFTER_ENV, split_sentences
@@ -156,6 +158,52 @@ def test_sentence_pairs_cut_varies_and_fills_rows(tmp_path, tok):
     assert all((f - 1) % per == 0 for f in first_sep)  # and always at a sentence end
     # whole sentences, as many as fit in L - 3 content tokens
     assert all(len(r) == (L - 3) // per * per + 3 for r in rows["input_ids"][:-1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(2, 400),
+    L=st.integers(6, 48),
+    data=st.data(),
+)
+def test_sentence_pair_rows_partition_any_document(n, L, data):
+    """Any token count, sentence starts and word starts: rows cover the document in order, A and
+    B are never empty, rows fit, a row with an inner sentence start is cut at one, every row but
+    the last is at least half full, and a resumed packer (from any row end) cuts the same rows."""
+    from mlmfast.data.prepare import Encoded, _Packer
+
+    starts = data.draw(st.sets(st.integers(1, n - 1), max_size=n // 2))
+    bounds = np.array(sorted({0, *starts}), dtype=np.int64)
+    word_start = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    word_start[0] = True
+    enc = Encoded(
+        np.arange(1000, 1000 + n, dtype=np.int32), sentences=bounds, word_start=word_start
+    )
+    packer = _Packer("sentence-pairs", L, False, cls=1, sep=2)
+    rows, ends, p = list(packer.sentence_pairs(7, enc, 0)), [], 0
+    got = []
+    for ids, _, _, types in rows:
+        assert len(ids) <= L and ids[0] == 1 and ids[-1] == 2 and (ids == 2).sum() == 2
+        c = int(np.flatnonzero(ids == 2)[0])
+        a, b = ids[1:c], ids[c + 1 : -1]
+        assert len(a) and len(b)
+        assert types.tolist() == [0] * (c + 1) + [1] * (len(ids) - c - 1)
+        e = p + len(a) + len(b)
+        inner = bounds[(bounds > p) & (bounds < e)]
+        if len(inner):
+            assert p + len(a) in inner
+        if e < n:
+            assert e - p >= (L - 3) // 2
+        got += [*a, *b]
+        ends.append(e)
+        p = e
+    assert got == list(range(1000, 1000 + n))
+    assert packer.end == (8, 0)
+    k = data.draw(st.integers(0, len(rows) - 1))
+    resumed = list(
+        _Packer("sentence-pairs", L, False, 1, 2).sentence_pairs(7, enc, ([0] + ends)[k])
+    )
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(resumed, rows[k:], strict=True))
 
 
 @pytest.mark.parametrize("pos", [False, True], ids=["words", "pos"])
