@@ -292,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("mlmfast.train.pretrain", "mlmfast.generate")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "mlmfast.train.pretrain",
+    "mlmfast.generate",
+    "mlmfast.train.finetune",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
