@@ -171,6 +171,7 @@ def _prepare(args: argparse.Namespace) -> int:
             dedup=args.dedup,
             min_tokens=args.min_tokens,
             limit=args.limit,
+            skip=args.skip,
             word_ids=args.word_ids,
             pos=args.pos,
             pos_model=args.pos_model,
@@ -261,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
     pr.add_argument("--min-tokens", type=int, default=0, help="drop shorter documents")
     pr.add_argument("--limit", type=int, default=None, help="read at most this many documents")
+    pr.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="skip the first N documents (e.g. a held-out set: --skip 30000 after --limit 30000)",
+    )
     pr.add_argument("--word-ids", action="store_true", help="store word ids per token")
     pr.add_argument(
         "--pos",

@@ -264,3 +264,17 @@ def test_movie_reviews_and_cli(tmp_path, capsys):
     assert ss.num_rows == summary["rows"]
     assert main(["prepare", "movie-reviews", "-o", out, "--limit", "100", "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_skip_takes_the_documents_after_the_first_n(tmp_path, tok):
+    docs = synthetic_docs(50)
+    src = write_txt(tmp_path / "d.txt", docs)
+    assert list(iter_documents([src], skip=10, limit=5)) == docs[10:15]
+    assert list(iter_documents([src], skip=45)) == docs[45:]
+    held = str(tmp_path / "held")
+    prepare(src, held, skip=40, max_length=512, mode="document", progress=False)
+    ids, _, _ = rows_of(held)
+    want = tok(docs[40:], truncation=True, max_length=512)["input_ids"]
+    assert [r.tolist() for r in ids] == want
+    with pytest.raises(ValueError, match="skip"):
+        prepare(src, str(tmp_path / "x"), skip=-1, progress=False)

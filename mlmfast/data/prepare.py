@@ -203,8 +203,10 @@ def iter_documents(
     blank_line_docs: bool = False,
     limit: int | None = None,
     text_pair_column: str | None = None,
+    skip: int = 0,
 ) -> Iterator[str] | Iterator[tuple[str, str]]:
-    """The non-blank documents of ``inputs`` in order, at most ``limit``. With
+    """The non-blank documents of ``inputs`` in order, after the first ``skip``, at most
+    ``limit``. With
     ``text_pair_column``, ``(text, text_pair)`` tuples from the two columns of JSONL/CSV/Parquet
     inputs, skipping pairs whose texts are both blank."""
     files = resolve_inputs(inputs)
@@ -215,7 +217,9 @@ def iter_documents(
                 f"text_pair_column={text_pair_column!r} needs JSONL/CSV/Parquet inputs with two "
                 f"text columns, got {other[0]!r}; convert it to a file with both columns"
             )
-    n = 0
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
+    n = -skip
     for item in files:
         if text_pair_column is not None:
             source: Iterator = _read_columns(item, (text_column, text_pair_column))
@@ -228,7 +232,8 @@ def iter_documents(
                 return
             if doc.strip() if isinstance(doc, str) else (doc[0].strip() or doc[1].strip()):
                 n += 1
-                yield doc
+                if n > 0:
+                    yield doc
 
 
 # ----------------------------------------------------------------------------- sentences
@@ -746,6 +751,7 @@ def prepare(
     dedup: bool = False,
     min_tokens: int = 0,
     limit: int | None = None,
+    skip: int = 0,
     word_ids: bool = False,
     pos: bool = False,
     pos_model: str | None = None,
@@ -776,6 +782,8 @@ def prepare(
             "columns are mode 'text-pairs', which needs text_pair_column (--text-pair-column); "
             "for pairs cut from documents use mode 'sentence-pairs' without it"
         )
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0 (documents to skip), got {skip}")
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 ([CLS] token [SEP]), got {max_length}")
     if mode in PAIR_MODES and max_length < 6:
@@ -824,6 +832,8 @@ def prepare(
         options["pos"] = tagger.model
     if text_pair_column is not None:
         options["text_pair_column"] = text_pair_column
+    if skip:
+        options["skip"] = skip
     if mode == "sentence-pairs":
         options["sentence_splitter"] = SPLITTER
     state, found = _check_output(output, options, overwrite)
@@ -876,7 +886,9 @@ def prepare(
     first_doc = start_doc - start_doc % batch_docs
 
     def docs() -> Iterator[tuple[int, str | tuple[str, str] | None]]:
-        items = iter_documents(files, text_column, blank_line_docs, limit, text_pair_column)
+        items = iter_documents(
+            files, text_column, blank_line_docs, limit, text_pair_column, skip=skip
+        )
         for i, text in enumerate(items):
             if dedup:
                 key = text if isinstance(text, str) else f"{len(text[0])}:{text[0]}{text[1]}"
