@@ -249,9 +249,10 @@ def test_full_learns_and_writes_every_output(env, full_run):
     AutoTokenizer.from_pretrained(os.path.join(out, "model"))
 
 
-def test_feature_extraction_trains_only_the_head(env, taught):
+@pytest.fixture(scope="module")
+def fe_run(env, taught):
     out = env["root"] / "fe"
-    s = run(
+    summary = run(
         env,
         out,
         init=taught,
@@ -260,6 +261,11 @@ def test_feature_extraction_trains_only_the_head(env, taught):
         general_data=env["general"],
         mlm_head_steps=10,
     )
+    return str(out), summary
+
+
+def test_feature_extraction_trains_only_the_head(env, taught, fe_run):
+    out, s = fe_run
     assert_loss_falls(out)
     assert s["test"]["accuracy"] >= 0.8
     init, after = weights(taught), weights(os.path.join(out, "model"))
@@ -277,10 +283,7 @@ def test_feature_extraction_trains_only_the_head(env, taught):
     assert s["forgetting"]["delta"] == {"loss": 0.0, "accuracy": 0.0, "perplexity": 0.0}
 
 
-def test_top_k_trains_the_last_layers_and_reuses_a_head(env, taught):
-    fe_head = env["root"] / "fe" / "mlm_head.safetensors"
-    if not fe_head.exists():
-        pytest.skip("needs the feature-extraction run's head")
+def test_top_k_trains_the_last_layers_and_reuses_a_head(env, taught, fe_run):
     out = env["root"] / "topk"
     s = run(
         env,
@@ -289,7 +292,7 @@ def test_top_k_trains_the_last_layers_and_reuses_a_head(env, taught):
         strategy="top-k",
         top_k=1,
         general_data=env["general"],
-        mlm_head=str(env["root"] / "fe"),
+        mlm_head=fe_run[0],
     )
     assert_loss_falls(out)
     init, after = weights(taught), weights(os.path.join(out, "model"))
@@ -303,10 +306,9 @@ def test_top_k_trains_the_last_layers_and_reuses_a_head(env, taught):
     assert d["cka"]["layer.0"] == pytest.approx(1.0, abs=1e-12)
     assert d["cka"]["layer.1"] < 1.0
     # the head fitted by the feature-extraction run, so the same "before"
-    with open(env["root"] / "fe" / "summary.json", encoding="utf-8") as f:
-        fe = json.load(f)
-    assert s["forgetting"]["before"] == fe["forgetting"]["before"]
-    assert s["forgetting"]["head"]["loaded_from"].endswith("mlm_head.safetensors")
+    assert s["forgetting"]["before"] == fe_run[1]["forgetting"]["before"]
+    assert s["forgetting"]["head"]["loaded_from"] == fe_run[0]
+    assert s["forgetting"]["head"]["steps"] == 10
 
 
 def test_lora_trains_adapters_and_the_merged_model_matches(env, taught):
@@ -516,8 +518,6 @@ def test_pos_tagging(env, tmp_path):
     # the split is a function of the sample ids and the seed only
     again = ft._pos_data(FinetuneConfig(data=shards, out="x", task="pos", max_length=64), env_tok())
     assert len(again.test) == sizes["test"]
-    with pytest.raises(ValueError, match="prepare --pos"):
-        run(env, tmp_path / "pos-bad", data=env["general"], task="pos")
 
 
 def env_tok():
@@ -577,6 +577,11 @@ def test_unseen_test_labels_fail_early(env, tmp_path, no_model):
 def test_bad_options_fail_before_a_model_is_built(env, tmp_path, no_model, kw, error, match):
     with pytest.raises(error, match=match):
         run(env, tmp_path / "out", **kw)
+
+
+def test_pos_needs_shards_with_pos_ids(env, tmp_path, no_model):
+    with pytest.raises(ValueError, match="prepare --pos"):
+        run(env, tmp_path / "out", data=env["general"], task="pos", max_length=64)
 
 
 def test_shards_of_another_tokenizer_are_refused(env, tmp_path, no_model):

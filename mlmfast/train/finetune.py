@@ -924,7 +924,7 @@ def _load_head(path: str, model_dir: str, init: str) -> tuple[dict, dict]:
             f"mlm_head={path!r} was fitted on the encoder {info.get('encoder')!r}, this run starts "
             f"from {_encoder_id(model_dir, init)!r}; fit a head for this init (mlm_head_steps)"
         )
-    return load_file(path), {**info, "loaded_from": os.path.abspath(path)}
+    return load_file(path), info
 
 
 def _encoder_id(model_dir: str, init: str | None) -> str:
@@ -1140,6 +1140,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             head_state, head_info = _load_head(saved_head, model_dir, cfg.init)
         elif cfg.mlm_head:
             head_state, head_info = _load_head(cfg.mlm_head, model_dir, cfg.init)
+            head_info["loaded_from"] = os.path.abspath(cfg.mlm_head)
             _save_head(saved_head, head_state, head_info)  # a resume must not depend on it
         else:
             head_state, trained = _init_head(cfg, model_dir, base_config)
