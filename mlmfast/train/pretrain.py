@@ -238,7 +238,18 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         tokenizer = _load_tokenizer(cfg, shards.manifest)
         shards = open_shards(cfg.data, tokenizer=tokenizer)
         if cfg.eval_data:
-            open_shards(cfg.eval_data, tokenizer=tokenizer)
+            held = open_shards(cfg.eval_data, tokenizer=tokenizer)
+            # the evaluation masks like training (whole words, POS classes): the held-out shards
+            # must carry those columns; found out now, not after the last step
+            try:
+                DeviceMasker(
+                    tokenizer,
+                    cfg.masking(),
+                    pos_frequencies=held.manifest.get("pos_class_frequencies"),
+                    columns=tuple(held.manifest.get("columns") or ()),
+                )
+            except ValueError as e:
+                raise ValueError(f"eval_data {cfg.eval_data}: {e}") from None
         state = None
         if cfg.resume:
             found = ckpt.list_checkpoints(cfg.out)
