@@ -779,6 +779,31 @@ def _unigram_bias(stream, tokenizer, vocab_size: int) -> torch.Tensor:
     return probs.clamp_min(1e-12).log().float()
 
 
+def _mlm_batches(cfg, data: str, batch_size: int, masking, tokenizer, *, names: tuple[str, str]):
+    """A seeded, shuffled stream of general shards (full batches only) and the masker for it,
+    for the MLM losses of finetune (head fitting, rehearsal); ``names`` are the options that
+    gave ``data`` and ``batch_size``, for the error."""
+    from mlmfast.data.stream import ShardStream
+    from mlmfast.train.mlm import DeviceMasker
+
+    stream = ShardStream(
+        data,
+        batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+        rank=0,
+        world_size=1,
+        tokenizer=tokenizer,
+    )
+    if stream.num_batches < 1:
+        raise ValueError(
+            f"{names[0]}={data!r} has {stream.num_rows} rows, fewer than one batch of "
+            f"{names[1]}={batch_size}"
+        )
+    return stream, DeviceMasker.for_shards(tokenizer, masking, stream.shards.manifest)
+
+
 def _fit_head(
     cfg: FinetuneConfig,
     steps: int,
@@ -798,30 +823,16 @@ def _fit_head(
     Draws from no global RNG: the encoder runs in eval mode, order and masks are seeded."""
     from tqdm.auto import tqdm
 
-    from mlmfast.data.stream import ShardStream
     from mlmfast.train import optim
-    from mlmfast.train.mlm import DeviceMasker, MaskingConfig
+    from mlmfast.train.mlm import MaskingConfig
 
-    stream = ShardStream(
+    stream, masker = _mlm_batches(
+        cfg,
         data,
         cfg.mlm_head_batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=True,
-        rank=0,
-        world_size=1,
-        tokenizer=tokenizer,
-    )
-    if stream.num_batches < 1:
-        raise ValueError(
-            f"mlm_head_data={data!r} has {stream.num_rows} rows, fewer than one batch of "
-            f"mlm_head_batch_size={cfg.mlm_head_batch_size}"
-        )
-    masker = DeviceMasker(
-        tokenizer,
         MaskingConfig(mlm_probability=cfg.mlm_probability, seed=cfg.seed),
-        pos_frequencies=stream.pos_class_frequencies,
-        columns=tuple(stream.shards.manifest.get("columns") or ()),
+        tokenizer,
+        names=("mlm_head_data", "mlm_head_batch_size"),
     )
     head = _bind_head(state, encoder, trainable=True)
     if fresh:
@@ -1043,7 +1054,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from mlmfast.train import models, optim
     from mlmfast.train.analysis import drift_report, plot_drift
     from mlmfast.train.mlm import (
-        DeviceMasker,
         MaskedLMObjective,
         MaskingConfig,
         MLMStats,
@@ -1201,31 +1211,16 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     rehearsal_head = objective = rstream = rmasker = None
     optimised: torch.nn.Module = train_model
     if cfg.strategy == "rehearsal":
-        from mlmfast.data.stream import ShardStream
-
         rehearsal_head = _bind_head(head_state, encoder, trainable=True)
         objective = MaskedLMObjective(_EncoderMLM(encoder, rehearsal_head), sparse=True)
         optimised = torch.nn.ModuleDict({"task": train_model, "mlm_head": rehearsal_head})
-        rstream = ShardStream(
+        rstream, rmasker = _mlm_batches(
+            cfg,
             cfg.rehearsal_data,
             cfg.rehearsal_batch_size or cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed,
-            drop_last=True,
-            rank=0,
-            world_size=1,
-            tokenizer=tokenizer,
-        )
-        if rstream.num_batches < 1:
-            raise ValueError(
-                f"rehearsal_data={cfg.rehearsal_data!r} has {rstream.num_rows} rows, fewer than "
-                f"one batch of {rstream.batch_size}"
-            )
-        rmasker = DeviceMasker(
-            tokenizer,
             masking,
-            pos_frequencies=rstream.pos_class_frequencies,
-            columns=tuple(rstream.shards.manifest.get("columns") or ()),
+            tokenizer,
+            names=("rehearsal_data", "rehearsal_batch_size"),
         )
     total_params, trainable_params = _count(train_model)
     lr = cfg.learning_rate

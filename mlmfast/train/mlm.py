@@ -90,6 +90,18 @@ class DeviceMasker:
                 "`mlmfast prepare --word-ids` (or --pos)"
             )
 
+    @classmethod
+    def for_shards(cls, tokenizer: Any, config: MaskingConfig, manifest: Mapping[str, Any]):
+        """A masker for the batches of a shard set: its manifest tells the POS class frequencies
+        and the columns, so options the shards cannot serve fail here, before training."""
+        freqs = manifest.get("pos_class_frequencies")
+        return cls(
+            tokenizer,
+            config,
+            pos_frequencies=None if freqs is None else [float(f) for f in freqs],
+            columns=tuple(manifest.get("columns") or ()),
+        )
+
     def __call__(self, batch: Mapping[str, torch.Tensor], epoch: int, *, seed: int | None = None):
         c = self.config
         word_ids = batch.get("word_ids") if c.whole_word else None
@@ -214,12 +226,7 @@ def evaluate_mlm(
         if isinstance(data, ShardStream)
         else ShardStream(data, batch_size, shuffle=False, rank=0, world_size=1, tokenizer=tokenizer)
     )
-    masker = DeviceMasker(
-        tokenizer,
-        eval_masking,
-        pos_frequencies=stream.pos_class_frequencies,
-        columns=tuple(stream.shards.manifest.get("columns") or ()),
-    )
+    masker = DeviceMasker.for_shards(tokenizer, eval_masking, stream.shards.manifest)
     objective = MaskedLMObjective(model, sparse=True)
     was_training = model.training
     model.eval()

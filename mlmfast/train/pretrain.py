@@ -242,12 +242,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             # the evaluation masks like training (whole words, POS classes): the held-out shards
             # must carry those columns; found out now, not after the last step
             try:
-                DeviceMasker(
-                    tokenizer,
-                    cfg.masking(),
-                    pos_frequencies=held.manifest.get("pos_class_frequencies"),
-                    columns=tuple(held.manifest.get("columns") or ()),
-                )
+                DeviceMasker.for_shards(tokenizer, cfg.masking(), held.manifest)
             except ValueError as e:
                 raise ValueError(f"eval_data {cfg.eval_data}: {e}") from None
         state = None
@@ -282,12 +277,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         # generator, not torch's global one, or a resumed run's dropout draws would shift
         loader.generator = torch.Generator().manual_seed(cfg.seed)
         stream = loader.dataset
-        masker = DeviceMasker(
-            tokenizer,
-            masking,
-            pos_frequencies=stream.pos_class_frequencies,
-            columns=tuple(shards.manifest.get("columns") or ()),
-        )
+        masker = DeviceMasker.for_shards(tokenizer, masking, shards.manifest)
         micro_per_step = cfg.grad_accum * dist.world_size
         steps_per_epoch = stream.num_batches // micro_per_step
         if steps_per_epoch < 1:
