@@ -101,6 +101,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mlmfast.train.config import RunConfig, parse_bool
+
 __all__ = [
     "DEFAULT_LR",
     "METRICS",
@@ -129,7 +131,7 @@ _HEAD_FILE = "mlm_head.safetensors"
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     data: str
     out: str
     task: str = "classification"
@@ -310,25 +312,6 @@ class FinetuneConfig:
                 "task 'pos' splits the rows of its shards itself; validation, test and "
                 "text_pair_column apply to classification files"
             )
-
-    @classmethod
-    def from_file(cls, path: str, **overrides: Any) -> FinetuneConfig:
-        """A config from a JSON file (keys = the field names), then ``overrides``."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except OSError as e:
-            raise FileNotFoundError(f"config: cannot read {path!r} ({e})") from None
-        except ValueError as e:
-            raise ValueError(f"config: {path!r} is not valid JSON ({e})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config: {path!r} must hold a JSON object of options")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config {path!r}: unknown keys {unknown}; known: {sorted(known)}")
-        values.update(overrides)
-        return cls(**values)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -1005,18 +988,6 @@ def _probe_batches(data: _TaskData, cfg: FinetuneConfig) -> list[dict[str, torch
 # ----------------------------------------------------------------------------- the run
 
 
-def _check_resume(cfg: FinetuneConfig, saved: dict[str, Any]) -> None:
-    for key, value in saved.items():
-        if key in FinetuneConfig.RESUMABLE_CHANGES or not hasattr(cfg, key):
-            continue
-        if getattr(cfg, key) != value:
-            raise ValueError(
-                f"resume: {key} is {getattr(cfg, key)!r} but the checkpoint was trained with "
-                f"{value!r}; resume with the original setting (or start a new run in another "
-                "--out directory)"
-            )
-
-
 def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
 
@@ -1122,7 +1093,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.resume:
         if ckpt.list_checkpoints(cfg.out):
             state = ckpt.load_checkpoint_state(cfg.out)
-            _check_resume(cfg, state["config"])
+            cfg.check_resume(state["config"])
         else:
             print(f"resume: no checkpoint in {cfg.out}, starting from step 0")
     elif ckpt.list_checkpoints(cfg.out):
@@ -1572,14 +1543,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "finetune",
@@ -1603,7 +1566,7 @@ def add_parser(sub) -> None:
     a("--split-seed", type=int)
     a("--limit", type=int, help="at most this many examples (stratified, deterministic)")
     a("--max-length", type=int, help="tokens per example (default 128)")
-    a("--group-by-length", type=_bool, nargs="?", const=True, help="batch similar lengths")
+    a("--group-by-length", type=parse_bool, nargs="?", const=True, help="batch similar lengths")
     a("--init", help="model dir / pretrain run / checkpoint (default: the embedded MiniLM) or "
       "'random'")  # fmt: skip
     a("--arch", help="with --init random: the model directory whose config to use")
@@ -1656,26 +1619,19 @@ def add_parser(sub) -> None:
     a("--early-stopping-patience", type=int, help="stop after N evaluations without improvement")
     a("--save-every", type=int, help="checkpoint every N steps (and always at the end)")
     a("--keep-last", type=int, help="checkpoints to keep (default 2)")
-    a("--resume", type=_bool, nargs="?", const=True, help="continue from the newest checkpoint")
+    a(
+        "--resume",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        help="continue from the newest checkpoint",
+    )
     a("--stop-at-step", type=int, help="save and stop at this step (the schedule is unchanged)")
-    a("--tensorboard", type=_bool)
-    a("--progress", type=_bool)
+    a("--tensorboard", type=parse_bool)
+    a("--progress", type=parse_bool)
     p.set_defaults(func=_run)
 
 
-def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if given.get("max_grad_norm") == 0:
-        given["max_grad_norm"] = None
-    if args.config:
-        return FinetuneConfig.from_file(args.config, **given)
-    missing = [n for n in ("data", "out") if n not in given]
-    if missing:
-        raise SystemExit(f"mlmfast finetune: {', '.join('--' + m for m in missing)} required")
-    return FinetuneConfig(**given)
-
-
 def _run(args: argparse.Namespace) -> int:
-    finetune(config_from_args(args))
+    finetune(FinetuneConfig.from_args(args, "finetune"))
     return 0

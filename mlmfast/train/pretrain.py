@@ -29,13 +29,14 @@ from typing import Any
 
 import torch
 
+from mlmfast.train.config import RunConfig, parse_bool
 from mlmfast.train.mlm import MaskingConfig
 
 _FORMAT = 1
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     data: str
     out: str
     eval_data: str | None = None
@@ -131,23 +132,6 @@ class PretrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         self.masking()  # validates the masking fields
 
-    @classmethod
-    def from_file(cls, path: str, **overrides: Any) -> PretrainConfig:
-        """A config from a JSON file (keys = the field names), then ``overrides``."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except OSError as e:
-            raise FileNotFoundError(f"config: cannot read {path!r} ({e})") from None
-        except ValueError as e:
-            raise ValueError(f"config: {path!r} is not valid JSON ({e})") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config {path!r}: unknown keys {unknown}; known: {sorted(known)}")
-        values.update(overrides)
-        return cls(**values)
-
 
 # -- setup ---------------------------------------------------------------------------------------
 
@@ -202,18 +186,6 @@ def _build_model(cfg: PretrainConfig, tokenizer, max_length: int):
     return model, {"init": report["path"], "initialised": report["initialised"]}
 
 
-def _check_resume(cfg: PretrainConfig, saved: dict[str, Any]) -> None:
-    for key, value in saved.items():
-        if key in PretrainConfig.RESUMABLE_CHANGES or not hasattr(cfg, key):
-            continue
-        if getattr(cfg, key) != value:
-            raise ValueError(
-                f"resume: {key} is {getattr(cfg, key)!r} but the checkpoint was trained with "
-                f"{value!r}; resume with the original setting (or start a new run in another "
-                "--out directory)"
-            )
-
-
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -250,7 +222,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             found = ckpt.list_checkpoints(cfg.out)
             if found:
                 state = ckpt.load_checkpoint_state(cfg.out)
-                _check_resume(cfg, state["config"])
+                cfg.check_resume(state["config"])
             elif dist.is_main:
                 print(f"resume: no checkpoint in {cfg.out}, starting from step 0")
         elif ckpt.list_checkpoints(cfg.out):
@@ -557,14 +529,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 # -- CLI -----------------------------------------------------------------------------------------
 
 
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -595,15 +559,15 @@ def add_parser(sub) -> None:
     a("--mlm-probability", type=float)
     a("--mask-replace-prob", type=float)
     a("--random-replace-prob", type=float)
-    a("--whole-word", type=_bool, nargs="?", const=True, help="mask whole words (word_ids)")
+    a("--whole-word", type=parse_bool, nargs="?", const=True, help="mask whole words (word_ids)")
     a("--pos-weights", help="POS weight preset (uniform, content, content-only, nouns) or JSON")
     a("--mask-mode", choices=("bernoulli", "exact"))
-    a("--static-masking", type=_bool, nargs="?", const=True, help="same mask every epoch")
+    a("--static-masking", type=parse_bool, nargs="?", const=True, help="same mask every epoch")
     a("--seed", type=int)
-    a("--sparse-head", type=_bool, help="MLM head on selected positions only (default true)")
+    a("--sparse-head", type=parse_bool, help="MLM head on selected positions only (default true)")
     a("--device", help="auto | cpu | cuda")
     a("--precision", choices=("auto", "fp32", "bf16"))
-    a("--compile", type=_bool, nargs="?", const=True, help="torch.compile the model")
+    a("--compile", type=parse_bool, nargs="?", const=True, help="torch.compile the model")
     a("--num-workers", type=int, help="DataLoader workers per process")
     a("--log-every", type=int)
     a("--eval-every", type=int)
@@ -611,28 +575,22 @@ def add_parser(sub) -> None:
     a("--eval-batch-size", type=int)
     a("--save-every", type=int, help="checkpoint every N steps (and always at the end)")
     a("--keep-last", type=int, help="checkpoints to keep (default 2)")
-    a("--resume", type=_bool, nargs="?", const=True, help="continue from the newest checkpoint")
+    a(
+        "--resume",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        help="continue from the newest checkpoint",
+    )
     a("--stop-at-step", type=int, help="save and stop at this step (the schedule is unchanged)")
-    a("--tensorboard", type=_bool)
-    a("--progress", type=_bool)
+    a("--tensorboard", type=parse_bool)
+    a("--progress", type=parse_bool)
     p.set_defaults(func=_run)
 
 
-def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if given.get("max_grad_norm") == 0:
-        given["max_grad_norm"] = None
-    if isinstance(given.get("pos_weights"), str) and given["pos_weights"].lstrip().startswith("{"):
-        given["pos_weights"] = json.loads(given["pos_weights"])
-    if args.config:
-        return PretrainConfig.from_file(args.config, **given)
-    missing = [n for n in ("data", "out") if n not in given]
-    if missing:
-        raise SystemExit(f"mlmfast pretrain: {', '.join('--' + m for m in missing)} required")
-    return PretrainConfig(**given)
-
-
 def _run(args: argparse.Namespace) -> int:
-    pretrain(config_from_args(args))
+    converted = {}
+    if isinstance(args.pos_weights, str) and args.pos_weights.lstrip().startswith("{"):
+        converted["pos_weights"] = json.loads(args.pos_weights)
+    pretrain(PretrainConfig.from_args(args, "pretrain", **converted))
     return 0
