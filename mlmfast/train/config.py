@@ -71,3 +71,29 @@ def parse_bool(v: str) -> bool:
     if v.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+# Options whose meaning is the same in every trainer, declared once (argparse `add_argument`).
+def add_optimiser_arguments(a) -> None:
+    a("--weight-decay", type=float)
+    a("--schedule", choices=("linear", "cosine", "constant"))
+    a("--warmup-steps", type=int)
+    a("--warmup-ratio", type=float)
+    a("--max-grad-norm", type=float, help="gradient clipping (0 = off)")
+    a("--hidden-dropout", type=float)
+    a("--attention-dropout", type=float)
+
+
+def add_run_arguments(a) -> None:
+    a("--save-every", type=int, help="checkpoint every N steps (and always at the end)")
+    a("--keep-last", type=int, help="checkpoints to keep (default 2)")
+    a(
+        "--resume",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        help="continue from the newest checkpoint",
+    )
+    a("--stop-at-step", type=int, help="save and stop at this step (the schedule is unchanged)")
+    a("--tensorboard", type=parse_bool)
+    a("--progress", type=parse_bool)

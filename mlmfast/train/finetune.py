@@ -101,7 +101,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlmfast.train.config import RunConfig, parse_bool
+from mlmfast.train.config import (
+    RunConfig,
+    add_optimiser_arguments,
+    add_run_arguments,
+    parse_bool,
+)
 
 __all__ = [
     "DEFAULT_LR",
@@ -1570,8 +1575,7 @@ def add_parser(sub) -> None:
     a("--init", help="model dir / pretrain run / checkpoint (default: the embedded MiniLM) or "
       "'random'")  # fmt: skip
     a("--arch", help="with --init random: the model directory whose config to use")
-    a("--hidden-dropout", type=float)
-    a("--attention-dropout", type=float)
+    add_optimiser_arguments(a)
     a("--strategy", choices=STRATEGIES)
     a("--top-k", type=int, help="--strategy top-k: the last K encoder layers train")
     a("--lora-r", type=int)
@@ -1601,14 +1605,9 @@ def add_parser(sub) -> None:
     a("--epochs", type=float, help="default 3")
     a("--lr", type=float, help="peak learning rate (default per strategy: "
       + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")  # fmt: skip
-    a("--weight-decay", type=float)
     a("--adam-beta1", type=float)
     a("--adam-beta2", type=float)
     a("--adam-eps", type=float)
-    a("--schedule", choices=("linear", "cosine", "constant"))
-    a("--warmup-steps", type=int)
-    a("--warmup-ratio", type=float)
-    a("--max-grad-norm", type=float, help="gradient clipping (0 = off)")
     a("--seed", type=int)
     a("--device", help="auto | cpu | cuda")
     a("--precision", choices=("auto", "fp32", "bf16"))
@@ -1617,18 +1616,7 @@ def add_parser(sub) -> None:
     a("--eval-batch-size", type=int)
     a("--metric", choices=METRICS, help="validation metric for best/early stopping")
     a("--early-stopping-patience", type=int, help="stop after N evaluations without improvement")
-    a("--save-every", type=int, help="checkpoint every N steps (and always at the end)")
-    a("--keep-last", type=int, help="checkpoints to keep (default 2)")
-    a(
-        "--resume",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        help="continue from the newest checkpoint",
-    )
-    a("--stop-at-step", type=int, help="save and stop at this step (the schedule is unchanged)")
-    a("--tensorboard", type=parse_bool)
-    a("--progress", type=parse_bool)
+    add_run_arguments(a)
     p.set_defaults(func=_run)
 
 

@@ -29,7 +29,12 @@ from typing import Any
 
 import torch
 
-from mlmfast.train.config import RunConfig, parse_bool
+from mlmfast.train.config import (
+    RunConfig,
+    add_optimiser_arguments,
+    add_run_arguments,
+    parse_bool,
+)
 from mlmfast.train.mlm import MaskingConfig
 
 _FORMAT = 1
@@ -549,13 +554,7 @@ def add_parser(sub) -> None:
     a("--max-steps", type=int, help="optimiser steps (default: --epochs over the data)")
     a("--epochs", type=float)
     a("--lr", type=float, help="peak learning rate (default 5e-4)")
-    a("--weight-decay", type=float)
-    a("--schedule", choices=("linear", "cosine", "constant"))
-    a("--warmup-steps", type=int)
-    a("--warmup-ratio", type=float)
-    a("--max-grad-norm", type=float, help="gradient clipping (0 = off)")
-    a("--hidden-dropout", type=float)
-    a("--attention-dropout", type=float)
+    add_optimiser_arguments(a)
     a("--mlm-probability", type=float)
     a("--mask-replace-prob", type=float)
     a("--random-replace-prob", type=float)
@@ -573,18 +572,7 @@ def add_parser(sub) -> None:
     a("--eval-every", type=int)
     a("--eval-batches", type=int)
     a("--eval-batch-size", type=int)
-    a("--save-every", type=int, help="checkpoint every N steps (and always at the end)")
-    a("--keep-last", type=int, help="checkpoints to keep (default 2)")
-    a(
-        "--resume",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        help="continue from the newest checkpoint",
-    )
-    a("--stop-at-step", type=int, help="save and stop at this step (the schedule is unchanged)")
-    a("--tensorboard", type=parse_bool)
-    a("--progress", type=parse_bool)
+    add_run_arguments(a)
     p.set_defaults(func=_run)
 
 
