@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace mlmfast {
@@ -99,6 +100,7 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
   at::Tensor ids = input_ids.contiguous();
   keep.push_back(ids);
   in.ids = ids.data_ptr();
+  in.ids_kind = ids.scalar_type() == at::kLong ? kInt64 : kInt32;
 
   if (a.attention_mask.has_value()) {
     at::Tensor t = per_token(a.attention_mask, input_ids, "attention_mask");
@@ -177,6 +179,33 @@ void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels) {
   TORCH_CHECK(input_ids.is_contiguous() && labels.is_contiguous(),
               "mask_tokens_: input_ids and labels must be contiguous for the in-place form");
   TORCH_CHECK(!labels.is_same(input_ids), "mask_tokens_: labels must not alias input_ids");
+}
+
+void check_into_outputs(const at::Tensor& input_ids, const at::Tensor& out,
+                        const at::Tensor& labels) {
+  const at::ScalarType t = input_ids.scalar_type();
+  for (const auto& [name, x] : {std::pair<const char*, const at::Tensor&>{"out", out},
+                                std::pair<const char*, const at::Tensor&>{"labels", labels}}) {
+    TORCH_CHECK(x.sizes() == input_ids.sizes(), "mask_tokens_into: ", name,
+                " must have the shape of input_ids ", input_ids.sizes(), ", got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == t || (t == at::kInt && x.scalar_type() == at::kLong),
+                "mask_tokens_into: ", name, " must be ", t,
+                t == at::kInt ? " or int64 (widened)" : "", " like input_ids, got ",
+                x.scalar_type());
+    TORCH_CHECK(x.device() == input_ids.device(), "mask_tokens_into: ", name, " is on ", x.device(),
+                " but input_ids is on ", input_ids.device());
+    TORCH_CHECK(x.is_contiguous(), "mask_tokens_into: ", name, " must be contiguous");
+  }
+  TORCH_CHECK(out.scalar_type() == labels.scalar_type(),
+              "mask_tokens_into: out and labels must have one dtype, got ", out.scalar_type(),
+              " and ", labels.scalar_type());
+  const bool in_place =
+      out.data_ptr() == input_ids.data_ptr() && out.scalar_type() == t && input_ids.is_contiguous();
+  TORCH_CHECK(in_place || !out.is_alias_of(input_ids),
+              "mask_tokens_into: out must be input_ids itself (in place) or share no memory "
+              "with it");
+  TORCH_CHECK(!labels.is_alias_of(input_ids) && !labels.is_alias_of(out),
+              "mask_tokens_into: labels must share no memory with input_ids or out");
 }
 
 namespace {
@@ -271,6 +300,31 @@ void mask_tokens_in_place(MaskKernel kernel, bool check_first, const at::Tensor&
   at::Tensor out = input_ids;
   at::Tensor lab = labels;
   kernel(in, P, out, lab);
+}
+
+void mask_tokens_into(MaskKernel kernel, bool kernel_widens, bool check_first,
+                      const at::Tensor& input_ids, const at::Tensor& out, const at::Tensor& labels,
+                      MLMFAST_MASK_PARAMS) {
+  const MaskArgs a = pack(MLMFAST_MASK_ARGS_PASS);
+  MaskParams P;
+  MaskInputs in;
+  std::vector<at::Tensor> keep;
+  check_into_outputs(input_ids, out, labels);
+  prepare_mask_call(input_ids, a, P, in, keep);
+  if (in.batch == 0 || in.length == 0) return;
+  // in place: a bad batch is left intact (the out-of-place kernel writes only fresh memory)
+  if (check_first && out.data_ptr() == input_ids.data_ptr()) check_before_writing(input_ids, in, P);
+  at::Tensor o = out;
+  at::Tensor l = labels;
+  if (out.scalar_type() == input_ids.scalar_type() || kernel_widens) {
+    kernel(in, P, o, l);
+    return;
+  }
+  at::Tensor o_narrow = at::empty(input_ids.sizes(), input_ids.options());
+  at::Tensor l_narrow = at::empty(input_ids.sizes(), input_ids.options());
+  kernel(in, P, o_narrow, l_narrow);
+  o.copy_(o_narrow);
+  l.copy_(l_narrow);
 }
 
 }  // namespace mlmfast

@@ -18,6 +18,7 @@ enum : int32_t { kNone = 0, kByte = 1, kInt32 = 4, kInt64 = 8 };
 struct MaskInputs {
   int64_t batch = 0, length = 0;
   const void* ids = nullptr;  // int32 or int64, [B, L] contiguous
+  int32_t ids_kind = kInt64;  // kInt32 or kInt64
   const void* attention = nullptr;
   int32_t attention_kind = kNone;
   const void* special_mask = nullptr;
@@ -88,12 +89,22 @@ using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& ou
       special_ids, mlm_probability, mask_replace_prob, random_replace_prob, mask_token_id,  \
       vocab_size, seed, epoch, exact, exclude_special_from_random
 
-// Out-of-place and in-place forms, shared by the backends. `check_first` validates the ids, POS
-// classes and word ids before anything is written (CPU; on CUDA it would cost a host sync).
+// Checks that out/labels can receive the result of masking input_ids (out= form): same shape and
+// device, contiguous, of the ids' dtype or int64 for int32 ids; out may be input_ids itself.
+void check_into_outputs(const at::Tensor& input_ids, const at::Tensor& out,
+                        const at::Tensor& labels);
+
+// Out-of-place, in-place and out= forms, shared by the backends. `check_first` validates the ids,
+// POS classes and word ids before anything is written (CPU; on CUDA it would cost a host sync).
 std::tuple<at::Tensor, at::Tensor> mask_tokens_out_of_place(MaskKernel kernel,
                                                             const at::Tensor& input_ids,
                                                             MLMFAST_MASK_PARAMS);
 void mask_tokens_in_place(MaskKernel kernel, bool check_first, const at::Tensor& input_ids,
                           const at::Tensor& labels, MLMFAST_MASK_PARAMS);
+// `kernel_widens`: the kernel writes int64 outputs for int32 ids itself; otherwise the result is
+// computed in the ids' dtype and copied into out/labels.
+void mask_tokens_into(MaskKernel kernel, bool kernel_widens, bool check_first,
+                      const at::Tensor& input_ids, const at::Tensor& out, const at::Tensor& labels,
+                      MLMFAST_MASK_PARAMS);
 
 }  // namespace mlmfast

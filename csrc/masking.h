@@ -137,16 +137,17 @@ MLMFAST_HD int64_t replacement(const MaskParams& P, const RowKey& k, uint32_t re
   return original;
 }
 
-// What a token becomes: its (possibly replaced) id and its label.
-template <typename T>
+// What a token becomes: its (possibly replaced) id and its label, in the output type TO (the
+// ids' type, or int64 for int32 ids: a widening copy that changes no value).
+template <typename T, typename TO>
 MLMFAST_HD void emit(const MaskParams& P, const RowKey& k, bool selected, uint32_t rel_pos,
-                     T original, T& out_id, T& label) {
+                     T original, TO& out_id, TO& label) {
   if (selected) {
-    out_id = static_cast<T>(replacement(P, k, rel_pos, static_cast<int64_t>(original)));
-    label = original;
+    out_id = static_cast<TO>(replacement(P, k, rel_pos, static_cast<int64_t>(original)));
+    label = static_cast<TO>(original);
   } else {
-    out_id = original;
-    label = static_cast<T>(kIgnoreIndex);
+    out_id = static_cast<TO>(original);
+    label = static_cast<TO>(kIgnoreIndex);
   }
 }
 

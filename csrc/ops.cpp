@@ -26,5 +26,7 @@ PyMODINIT_FUNC PyInit__C(void) {
 TORCH_LIBRARY(mlmfast, m) {
   m.def("mask_tokens(Tensor input_ids, " MLMFAST_MASK_ARGS ") -> (Tensor, Tensor)");
   m.def("mask_tokens_(Tensor(a!) input_ids, Tensor(b!) labels, " MLMFAST_MASK_ARGS ") -> ()");
+  m.def("mask_tokens_into(Tensor input_ids, Tensor(a!) out, Tensor(b!) labels, " MLMFAST_MASK_ARGS
+        ") -> ()");
   m.def("philox4x32_10(Tensor counters, int seed) -> Tensor");
 }

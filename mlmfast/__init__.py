@@ -2,7 +2,7 @@
 
 from mlmfast import ops
 from mlmfast.collator import DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
-from mlmfast.ops import MaskOutput, mask_tokens, mask_tokens_
+from mlmfast.ops import MaskOutput, mask_tokens, mask_tokens_, mask_tokens_into
 
 try:
     from mlmfast._version_build import __version__, built_with_cuda
@@ -18,5 +18,6 @@ __all__ = [
     "built_with_cuda",
     "mask_tokens",
     "mask_tokens_",
+    "mask_tokens_into",
     "ops",
 ]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mlmfast import _C, pos
-from mlmfast.ops import draw_seed, mask_tokens
+from mlmfast.ops import draw_seed
 
 __all__ = ["DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask"]
 
@@ -33,6 +33,9 @@ __all__ = ["DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask"]
 CONSUMED = ("special_tokens_mask", "offset_mapping", "word_ids", "pos_ids", "sample_id")
 _KNOWN_PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", *CONSUMED)
 _PRIVATE_ATTENTION = "_mlmfast_attention"  # used for masking, not returned
+# Set (True) by ShardStream on batches whose attention mask is all ones: the op then skips
+# reading it (the same masks: positions count from 0 either way). Consumed, not returned.
+FULL_ROWS_KEY = "_mlmfast_full_rows"
 _CONSUMED_DTYPES = {
     "special_tokens_mask": torch.uint8,
     "pos_ids": torch.uint8,
@@ -259,6 +262,14 @@ class DataCollatorForLanguageModeling:
                 "mask_replace_prob + random_replace_prob must not exceed 1, got "
                 f"{self.mask_replace_prob} + {self.random_replace_prob}"
             )
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int | np.integer)
+            or not -(2**63) <= int(self.seed) < 2**64
+        ):
+            raise ValueError(
+                f"seed must be None or an integer that fits in 64 bits, got {self.seed!r}"
+            )
         if self.return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
         if self.pad_to_multiple_of is not None and int(self.pad_to_multiple_of) <= 0:
@@ -279,7 +290,7 @@ class DataCollatorForLanguageModeling:
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch[0])
+        return int(self._epoch.item())  # .item(): indexing a tensor costs microseconds
 
     def set_epoch(self, epoch: int) -> None:
         """New masks for a new epoch (same seed, same sample ids -> the same masks again). The
@@ -361,10 +372,13 @@ class DataCollatorForLanguageModeling:
     def _pad(self, examples: Any) -> dict[str, Any]:
         cols, kind = self._columns(examples)
         if kind == "padded":
+            full_rows = cols.pop(FULL_ROWS_KEY, None)
             batch = {
                 k: (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v)
                 for k, v in cols.items()
             }
+            if full_rows is True:
+                batch[FULL_ROWS_KEY] = True
             ids = batch["input_ids"]
             if ids.dim() != 2:
                 raise ValueError(
@@ -528,8 +542,11 @@ class DataCollatorForLanguageModeling:
         pos_ids = batch.pop("pos_ids", None)
         sample_ids = batch.pop("sample_id", None)
         private_att = batch.pop(_PRIVATE_ATTENTION, None)
+        full_rows = batch.pop(FULL_ROWS_KEY, False) is True
         ids = batch["input_ids"]
         if not self.mlm:
+            if ids.dtype == torch.int32:  # int64 out, as from int32 ids when mlm=True
+                ids = batch["input_ids"] = ids.long()
             labels = ids.clone()
             if self.pad_token_id is not None:
                 labels[labels == self.pad_token_id] = -100
@@ -575,29 +592,39 @@ class DataCollatorForLanguageModeling:
             special_tokens_mask, word_ids, pos_ids, sids = map(
                 move, (special_tokens_mask, word_ids, pos_ids, sids)
             )
-        out = mask_tokens(
-            ids,
-            attention_mask=att,
-            special_tokens_mask=special_tokens_mask,
-            word_ids=word_ids,
-            pos_ids=pos_ids,
-            pos_probs=pos_probs,
-            sample_ids=sids,
-            special_ids=self.special_ids,
-            mask_token_id=self.mask_token_id,
-            vocab_size=self.vocab_size,
-            mlm_probability=self.mlm_probability,
-            mask_replace_prob=self.mask_replace_prob,
-            random_replace_prob=self.random_replace_prob,
-            seed=seed,
-            epoch=self.epoch,
-            mode="exact" if self.exact_count else "bernoulli",
-            exclude_special_from_random=self.exclude_special_from_random,
-            return_positions=self.return_positions,
+        seed = int(seed)
+        # the op's arguments in schema order (mlmfast.ops.mask_tokens documents them), built
+        # here rather than through its keyword wrapper: this runs once per batch
+        args = (
+            None if full_rows else att,
+            special_tokens_mask,
+            word_ids,
+            pos_ids,
+            pos_probs,
+            sids,
+            None,  # rng_state
+            self.special_ids,
+            self.mlm_probability,
+            self.mask_replace_prob,
+            self.random_replace_prob,
+            self.mask_token_id,
+            self.vocab_size,
+            seed - 2**64 if seed >= 2**63 else seed,  # the schema's int64, same key bits
+            self.epoch,
+            bool(self.exact_count),
+            bool(self.exclude_special_from_random),
         )
-        batch["input_ids"], batch["labels"] = out.input_ids, out.labels
+        if ids.dtype == torch.int32:
+            # int32 ids (shards store them so) come out as the int64 that embeddings and the loss
+            # take, widened by the op as it writes (no int64 copy of the unmasked batch)
+            masked = torch.empty_like(ids, dtype=torch.int64, memory_format=torch.contiguous_format)
+            labels = torch.empty_like(ids, dtype=torch.int64, memory_format=torch.contiguous_format)
+            torch.ops.mlmfast.mask_tokens_into.default(ids, masked, labels, *args)
+        else:
+            masked, labels = torch.ops.mlmfast.mask_tokens.default(ids, *args)
+        batch["input_ids"], batch["labels"] = masked, labels
         if self.return_positions:
-            batch["masked_positions"] = out.positions
+            batch["masked_positions"] = torch.nonzero(labels.reshape(-1) != -100).squeeze(1)
         return batch
 
 

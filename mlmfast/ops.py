@@ -15,7 +15,15 @@ import torch
 
 from mlmfast import _C  # noqa: F401  (loads the shared object, which registers the ops)
 
-__all__ = ["MODES", "MaskOutput", "draw_seed", "mask_tokens", "mask_tokens_", "philox4x32_10"]
+__all__ = [
+    "MODES",
+    "MaskOutput",
+    "draw_seed",
+    "mask_tokens",
+    "mask_tokens_",
+    "mask_tokens_into",
+    "philox4x32_10",
+]
 
 MODES = ("bernoulli", "exact")
 
@@ -173,6 +181,31 @@ def mask_tokens_(input_ids: torch.Tensor, labels: torch.Tensor, **options) -> No
     torch.ops.mlmfast.mask_tokens_.default(input_ids, labels, *args)
 
 
+def mask_tokens_into(
+    input_ids: torch.Tensor, out: torch.Tensor, labels: torch.Tensor, **options
+) -> None:
+    """out= form of :func:`mask_tokens` (same keyword arguments, without ``return_positions``):
+    writes the masked ids into ``out`` and the labels into ``labels``, preallocated, contiguous
+    and of ``input_ids``' shape and device. Their dtype is the ids' or, for int32 ids, int64:
+    int32 ids (as stored in shards, half the bytes) come out as the int64 that embeddings and
+    the loss take, in one pass, with the same values as ``mask_tokens(ids.long(), ...)``.
+    ``out`` may be ``input_ids`` itself (the in-place form); ``labels`` shares no memory with
+    either. No allocation on the CPU; on CUDA the widening is a copy after the int32 kernel."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(f"mask_tokens_into: unexpected keyword arguments {unknown}")
+    missing = [k for k in ("mask_token_id", "vocab_size") if k not in options]
+    if missing:
+        raise TypeError(f"mask_tokens_into: missing required keyword arguments {missing}")
+    for name, t in (("out", out), ("labels", labels)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"mask_tokens_into: {name} must be a torch.Tensor, got {type(t).__name__}"
+            )
+    args = _args(input_ids, {**_OPTIONS, **options})
+    torch.ops.mlmfast.mask_tokens_into.default(input_ids, out, labels, *args)
+
+
 # The keyword arguments of mask_tokens and their defaults (mask_tokens_ takes the same).
 _OPTIONS = {
     name: (None if p.default is inspect.Parameter.empty else p.default)
@@ -197,6 +230,11 @@ def _mask_tokens_fake(input_ids, *args):
 
 @torch.library.register_fake("mlmfast::mask_tokens_")
 def _mask_tokens_inplace_fake(input_ids, labels, *args):
+    return None
+
+
+@torch.library.register_fake("mlmfast::mask_tokens_into")
+def _mask_tokens_into_fake(input_ids, out, labels, *args):
     return None
 
 

@@ -391,6 +391,17 @@ def test_input_forms_with_sample_ids_give_the_same_batch(tok, features):
             "input_ids": ref["input_ids"].clone(),
             "sample_id": torch.tensor(ids),
         },
+        # int32 ids (as shards store them) come out int64, widened by the op as it masks
+        "dict of padded int32 tensors": {
+            "input_ids": ref["input_ids"].int(),
+            "attention_mask": ref["attention_mask"].clone(),
+            "sample_id": torch.tensor(ids),
+        },
+        "dict of padded int32 arrays": {
+            "input_ids": ref["input_ids"].int().numpy(),
+            "attention_mask": ref["attention_mask"].numpy(),
+            "sample_id": np.array(ids),
+        },
     }
     outs = {name: DataCollatorForLanguageModeling(tok, seed=3)(x) for name, x in forms.items()}
     first = outs["dict of lists"]
@@ -403,6 +414,22 @@ def test_input_forms_with_sample_ids_give_the_same_batch(tok, features):
             assert torch.equal(out[key], first[key]), (name, key)
     # a padded-tensor batch given as input is not modified in place
     assert torch.equal(forms["dict of padded tensors"]["input_ids"], ref["input_ids"])
+
+
+def test_causal_lm_labels_from_int32_ids_are_int64(tok, features):
+    ref = hf_padded(tok, copies(features[:6]))
+    want = DataCollatorForLanguageModeling(tok, mlm=False)(dict(ref))
+    got = DataCollatorForLanguageModeling(tok, mlm=False)(
+        {**ref, "input_ids": ref["input_ids"].int()}
+    )
+    for key in ("input_ids", "labels"):
+        assert got[key].dtype == torch.int64 and torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 1.5, "1", True])
+def test_seed_must_fit_in_64_bits(tok, seed):
+    with pytest.raises(ValueError, match="seed must be None or an integer that fits in 64 bits"):
+        DataCollatorForLanguageModeling(tok, seed=seed)
 
 
 @pytest.mark.parametrize("make", [torch.tensor, np.array], ids=["0-d tensor", "0-d array"])

@@ -18,12 +18,26 @@ for trial in range(12):
     att = (torch.rand(B, L, generator=g) > 0.2).long()
     att[:, L // 2 + trial:] = 0
     stm = (torch.rand(B, L, generator=g) > 0.9).long()
-    kw = dict(mask_token_id=3, vocab_size=60, special_ids=[0, 1, 2, 3], attention_mask=att,
-              special_tokens_mask=stm if trial % 2 else None, seed=trial, epoch=trial % 3,
-              mlm_probability=0.3)
+    # flag inputs as int64, bool and int32 / uint8; all, none or some special ids; p = 1 too
+    kw = dict(mask_token_id=3, vocab_size=60, special_ids=[[0, 1, 2, 3], [], [2]][trial % 3],
+              attention_mask=[att, att.bool(), att.int()][trial % 3],
+              special_tokens_mask=[stm, stm.to(torch.uint8)][trial % 4 // 2] if trial % 2 else None,
+              seed=trial, epoch=trial % 3, mlm_probability=1.0 if trial % 4 == 3 else 0.3)
     for x in (ids, ids.int()):
         a, b = mlmfast.mask_tokens(x, **kw), R.mask_tokens(x, **kw)
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels), trial
+        o, l = torch.empty_like(ids), torch.empty_like(ids)  # int64: int32 ids are widened
+        mlmfast.mask_tokens_into(x, o, l, **kw)
+        assert torch.equal(o, b.input_ids.long()) and torch.equal(l, b.labels.long()), trial
+    bad = ids.clone()
+    bad[3, L - 1] = 60
+    kw["attention_mask"] = None
+    for x in (bad, bad.int()):
+        try:
+            mlmfast.mask_tokens(x, **kw)
+            raise AssertionError("an id outside the vocabulary passed")
+        except RuntimeError as e:
+            assert f"input_ids[3, {L - 1}] = 60 is outside" in str(e), str(e)
     c = torch.randint(0, 2**32, (67, 4), generator=g)
     for n in (1, 7, 8, 16, 17, 67):
         ref = torch.stack(R.philox4x32_10(tuple(c[:n].T), (trial, trial + 1)), dim=1)

@@ -390,6 +390,20 @@ class TestMatchesReference:
         masked, labels = ids.clone(), torch.empty_like(ids)
         mlmfast.mask_tokens_(masked, labels, **kw)
         assert_same(mlmfast.MaskOutput(masked, labels), out)
+        # out= form: into fresh outputs of the ids' dtype, into int64 ones (int32 ids widened,
+        # same values), and into the ids themselves (in place)
+        wide = torch.int64
+        for dtype in {ids.dtype, wide}:
+            o = torch.full_like(ids, -7, dtype=dtype)
+            lab = torch.full_like(ids, -7, dtype=dtype)
+            mlmfast.mask_tokens_into(ids, o, lab, **kw)
+            assert o.dtype == lab.dtype == dtype
+            assert_same(
+                mlmfast.MaskOutput(o, lab), mlmfast.MaskOutput(*(t.to(dtype) for t in out[:2]))
+            )
+        masked2, labels2 = ids.clone(), torch.empty_like(ids)
+        mlmfast.mask_tokens_into(masked2, masked2, labels2, **kw)
+        assert_same(mlmfast.MaskOutput(masked2, labels2), out)
         want_positions = torch.nonzero(out.labels.reshape(-1) != -100).squeeze(1)
         assert out.positions.dtype == torch.int64
         assert torch.equal(out.positions.cpu(), want_positions.cpu())
@@ -1212,6 +1226,46 @@ class TestErrors:
         with pytest.raises(RuntimeError, match="must be contiguous"):
             mlmfast.mask_tokens_(ids.t(), torch.empty(8, 2, dtype=torch.long), **kw)
 
+    def test_into_outputs(self):
+        ids = bert_batch(2, 8, seed=77)[0]
+        kw = {"mask_token_id": MASK, "vocab_size": VOCAB, "seed": 1}
+        into = mlmfast.mask_tokens_into
+        long_ = lambda *shape: torch.empty(*shape, dtype=torch.long)  # noqa: E731
+        with pytest.raises(RuntimeError, match=r"out must be Long like input_ids, got Int"):
+            into(ids, torch.empty(2, 8, dtype=torch.int32), long_(2, 8), **kw)
+        with pytest.raises(RuntimeError, match=r"labels must be Int or int64 \(widened\)"):
+            into(ids.int(), torch.empty(2, 8, dtype=torch.int32), torch.empty(2, 8), **kw)
+        with pytest.raises(RuntimeError, match="out and labels must have one dtype"):
+            into(ids.int(), long_(2, 8), torch.empty(2, 8, dtype=torch.int32), **kw)
+        with pytest.raises(RuntimeError, match=r"labels must have the shape of input_ids"):
+            into(ids, long_(2, 8), long_(2, 7), **kw)
+        with pytest.raises(RuntimeError, match="out must be contiguous"):
+            into(ids, long_(8, 2).t(), long_(2, 8), **kw)
+        with pytest.raises(RuntimeError, match="labels must share no memory"):
+            into(ids, long_(2, 8), ids, **kw)
+        o = long_(2, 8)
+        with pytest.raises(RuntimeError, match="labels must share no memory"):
+            into(ids, o, o, **kw)
+        buf = long_(3, 8)
+        with pytest.raises(RuntimeError, match="out must be input_ids itself"):
+            into(buf[:2], buf[1:], long_(2, 8), **kw)
+        with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+            into(ids, None, long_(2, 8), **kw)
+        with pytest.raises(TypeError, match="unexpected keyword arguments"):
+            into(ids, long_(2, 8), long_(2, 8), return_positions=True, **kw)
+
+    def test_into_bad_id_in_place_leaves_input_unchanged(self):
+        ids = bert_batch(4, 16, seed=78, ragged=False)[0]
+        ids[1, 3] = -1
+        before = ids.clone()
+        with pytest.raises(RuntimeError, match=r"input_ids\[1, 3\] is outside the vocabulary"):
+            mlmfast.mask_tokens_into(ids, ids, torch.empty_like(ids), **BERT, seed=1)
+        assert torch.equal(ids, before)
+        with pytest.raises(RuntimeError, match=r"input_ids\[1, 3\] = -1 is outside the vocab"):
+            mlmfast.mask_tokens_into(
+                ids.int(), torch.empty_like(ids), torch.empty_like(ids), **BERT, seed=1
+            )
+
     @pytest.mark.cuda
     def test_device_mismatch(self, cuda_device):
         ids = bert_batch(2, 8, seed=76)[0].to(cuda_device)
@@ -1243,6 +1297,7 @@ class TestEmpty:
         labels = torch.empty_like(ids)
         mlmfast.mask_tokens_(ids, labels, **kw)
         assert labels.shape == shape
+        mlmfast.mask_tokens_into(ids.int(), torch.empty_like(ids), labels, **kw)
 
 
 # ---- PyTorch integration ------------------------------------------------------------------------
@@ -1262,6 +1317,12 @@ class TestOpcheck:
         for ids, kw in sample_inputs(device):
             args = (ids.clone(), torch.empty_like(ids), *schema_args(ids, **kw))
             torch.library.opcheck(torch.ops.mlmfast.mask_tokens_.default, args)
+
+    def test_mask_tokens_into(self, device):
+        for ids, kw in sample_inputs(device):
+            out = torch.empty_like(ids, dtype=torch.int64)  # int32 samples: the widening form
+            args = (ids, out, torch.empty_like(out), *schema_args(ids, **kw))
+            torch.library.opcheck(torch.ops.mlmfast.mask_tokens_into.default, args)
 
     def test_philox(self):
         counters = torch.randint(0, 2**32, (16, 4), generator=torch.Generator().manual_seed(0))

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/philox_batch.h"
@@ -72,8 +73,9 @@ inline void check_token(const MaskInputs& in, const MaskParams& P, int64_t flat,
 }
 
 // Bernoulli mode: every eligible token (or word) independently with its threshold.
-template <typename T>
-void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out, T* lab,
+// T: the ids' type; TO: the outputs' (T, or int64 for int32 ids).
+template <typename T, typename TO>
+void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out, TO* lab,
                    Problems& pr) {
   const int64_t L = in.length;
   const int64_t base = r.row * L;
@@ -312,15 +314,44 @@ void decide_chunk(int m, const T* idb, const uint8_t* allow, const uint32_t* u, 
   decide_chunk_body(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
 }
 
+// selected tokens of a chunk (positions sel[0..ns) relative to the chunk at c): labels, then
+// the 80/10/10 draws, one Philox batch for all of them. Labels first: with the in-place form
+// (o == ids) the originals are still in place when they are read.
+template <typename T, typename TO>
+MLMFAST_ALWAYS_INLINE void replace_selected(const MaskParams& P, const RowKey& key, const T* ids,
+                                            int64_t c, const int32_t* sel, int ns, TO* o, TO* l,
+                                            uint32_t* ctr, uint32_t* rx, uint32_t* ry, uint32_t* rz,
+                                            uint32_t* rw) {
+  for (int i = 0; i < ns; ++i) l[c + sel[i]] = static_cast<TO>(ids[c + sel[i]]);
+  if (P.t_mask >= kOne) {
+    for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<TO>(P.mask_token_id);
+    return;
+  }
+  if (P.t_mask == 0 && P.t_random == 0) return;
+  const uint64_t t_rand = P.t_mask + P.t_random;
+  for (int i = 0; i < ns; ++i)
+    ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
+  philox_batch(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
+               static_cast<uint32_t>(key.sample_id >> 32), u32x2{key.seed_lo, key.seed_hi}, rx, ry,
+               rz, rw);
+  for (int i = 0; i < ns; ++i) {
+    const int64_t j = c + sel[i];
+    if (hits(rx[i], P.t_mask))
+      o[j] = static_cast<TO>(P.mask_token_id);
+    else if (hits(rx[i], t_rand))
+      o[j] = static_cast<TO>(random_token(P, ry[i]));
+  }
+}
+
 // Fast path for rows without word ids or POS classes: the row goes in chunks; the selection
 // draws of a chunk come from one vectorised Philox batch (and only up to its last selectable
 // token, so padding costs no draws), decisions are branch-free, and only the selected tokens
 // (~15%) draw their 80/10/10 numbers, again as one batch.
 constexpr int kChunk = 256;
 
-template <typename T>
+template <typename T, typename TO>
 void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, const T* ids,
-               int64_t off, int64_t n, T* o, T* l, bool& bad) {
+               int64_t off, int64_t n, TO* o, TO* l, bool& bad) {
   alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
   alignas(64) uint32_t u[kChunk];
   alignas(64) int32_t sel[kChunk];
@@ -336,7 +367,6 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
   const uint32_t sid_hi = static_cast<uint32_t>(key.sample_id >> 32);
   const uint32_t t32 = static_cast<uint32_t>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu));
   const uint8_t t_all = P.t_select >= kOne;
-  const uint64_t t_rand = P.t_mask + P.t_random;
   bool any_bad = false;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
@@ -345,8 +375,12 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
     std::memcpy(idb, ids + c, sizeof(T) * m);
     const ChunkScan scan = scan_chunk(m, idb, in, off + c, P, allow);
     any_bad |= scan.bad != 0;
-    std::memcpy(o + c, idb, sizeof(T) * m);
-    std::fill(l + c, l + c + m, static_cast<T>(kIgnoreIndex));
+    if constexpr (std::is_same_v<T, TO>) {
+      std::memcpy(o + c, idb, sizeof(T) * m);
+    } else {
+      for (int q = 0; q < m; ++q) o[c + q] = static_cast<TO>(idb[q]);
+    }
+    std::fill(l + c, l + c + m, static_cast<TO>(kIgnoreIndex));
     const int mm = scan.last;
     if (mm == 0) continue;
     const int nb = (mm + 3) >> 2;
@@ -361,37 +395,240 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
     }
     decide_chunk(mm, idb, allow, u, t32, t_all, smin, span, cand, rng);
     const int ns = compact(mm, idb, cand, rng, check_range, P, sel);
-    if (ns == 0) continue;
-    for (int i = 0; i < ns; ++i) l[c + sel[i]] = idb[sel[i]];
-    if (P.t_mask >= kOne) {
-      for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<T>(P.mask_token_id);
-      continue;
-    }
-    if (P.t_mask == 0 && P.t_random == 0) continue;
-    for (int i = 0; i < ns; ++i)
-      ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
-    philox_batch(ns, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-    for (int i = 0; i < ns; ++i) {
-      const int64_t j = c + sel[i];
-      if (hits(rx[i], P.t_mask))
-        o[j] = static_cast<T>(P.mask_token_id);
-      else if (hits(rx[i], t_rand))
-        o[j] = static_cast<T>(random_token(P, ry[i]));
-    }
+    if (ns) replace_selected(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
   }
   bad |= any_bad;
 }
 
+#if MLMFAST_X86_DISPATCH
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // the intrinsics' undefined placeholders
+#define MLMFAST_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+// Set flags (nonzero entries) of a per-token input at [at, at + 16), as a bit mask; only the
+// `lanes` are read (masked loads: nothing past the row's end is touched).
+MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE __mmask16 flags16(const void* p, int32_t kind, int64_t at,
+                                                       __mmask16 lanes) {
+  switch (kind) {
+    case kByte: {
+      const __m128i v = _mm_maskz_loadu_epi8(lanes, static_cast<const uint8_t*>(p) + at);
+      return _mm_test_epi8_mask(v, v);
+    }
+    case kInt32: {
+      const __m512i v = _mm512_maskz_loadu_epi32(lanes, static_cast<const int32_t*>(p) + at);
+      return _mm512_test_epi32_mask(v, v);
+    }
+    case kInt64: {
+      const int64_t* q = static_cast<const int64_t*>(p) + at;
+      const __m512i a = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lanes), q);
+      const __m512i b = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lanes >> 8), q + 8);
+      return static_cast<__mmask16>(_mm512_test_epi64_mask(a, a) |
+                                    (static_cast<unsigned>(_mm512_test_epi64_mask(b, b)) << 8));
+    }
+    default:
+      return 0;
+  }
+}
+
+// 16 ids (the `lanes` of them) as int64 halves; T is int32 or int64.
 template <typename T>
-void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out,
-                         T* lab, Problems& pr) {
+MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE void load16(const T* p, __mmask16 lanes, __m512i& lo,
+                                                 __m512i& hi) {
+  if constexpr (sizeof(T) == 4) {
+    const __m512i v = _mm512_maskz_loadu_epi32(lanes, p);
+    lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+    hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
+  } else {
+    lo = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lanes), p);
+    hi = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lanes >> 8), p + 8);
+  }
+}
+
+template <typename TO>
+MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE void store16(TO* p, __mmask16 lanes, __m512i lo, __m512i hi) {
+  if constexpr (sizeof(TO) == 4) {
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
+                                         _mm512_cvtepi64_epi32(hi), 1);
+    _mm512_mask_storeu_epi32(p, lanes, v);
+  } else {
+    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(lanes), lo);
+    _mm512_mask_storeu_epi64(p + 8, static_cast<__mmask8>(lanes >> 8), hi);
+  }
+}
+
+// The selection draws of 16 tokens from four Philox blocks: block b gives tokens 4b..4b+3 its
+// (x, y, z, w), so the 4x4 (block, word) matrix is transposed.
+MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE __m512i draws16(const uint32_t* rx, const uint32_t* ry,
+                                                     const uint32_t* rz, const uint32_t* rw) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rx));
+  const __m128i y = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ry));
+  const __m128i z = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rz));
+  const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rw));
+  const __m128i xy0 = _mm_unpacklo_epi32(x, y), zw0 = _mm_unpacklo_epi32(z, w);
+  const __m128i xy1 = _mm_unpackhi_epi32(x, y), zw1 = _mm_unpackhi_epi32(z, w);
+  __m512i u = _mm512_castsi128_si512(_mm_unpacklo_epi64(xy0, zw0));
+  u = _mm512_inserti32x4(u, _mm_unpackhi_epi64(xy0, zw0), 1);
+  u = _mm512_inserti32x4(u, _mm_unpacklo_epi64(xy1, zw1), 2);
+  return _mm512_inserti32x4(u, _mm_unpackhi_epi64(xy1, zw1), 3);
+}
+
+// replace_selected with the 80/10/10 decisions, the random ids (multiply-high and the walk
+// over the excluded specials) and the blends 16 tokens at a time; the same values, lane for
+// lane. Needs n_random < 2^32 (any real vocabulary); the caller checks.
+template <typename T, typename TO>
+MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& key, const T* ids,
+                                            int64_t c, const int32_t* sel, int ns, TO* o, TO* l,
+                                            uint32_t* ctr, uint32_t* rx, uint32_t* ry, uint32_t* rz,
+                                            uint32_t* rw) {
+  alignas(64) int64_t val[kChunk];
+  for (int i = 0; i < ns; ++i) {
+    const int64_t j = c + sel[i];
+    val[i] = static_cast<int64_t>(ids[j]);
+    l[j] = static_cast<TO>(ids[j]);
+  }
+  if (P.t_mask >= kOne) {
+    for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<TO>(P.mask_token_id);
+    return;
+  }
+  if (P.t_mask == 0 && P.t_random == 0) return;
+  for (int i = 0; i < ns; ++i)
+    ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
+  philox_batch(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
+               static_cast<uint32_t>(key.sample_id >> 32), u32x2{key.seed_lo, key.seed_hi}, rx, ry,
+               rz, rw);
+  const uint64_t t_rand = P.t_mask + P.t_random;
+  const __m512i tm = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(P.t_mask)));
+  const __m512i tr =
+      _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(std::min(t_rand, kOne - 1))));
+  const bool all_random = t_rand >= kOne;  // every draw that is not "mask" is "random"
+  const __m512i pool = _mm512_set1_epi64(P.n_random);
+  const __m512i mask_id = _mm512_set1_epi64(P.mask_token_id);
+  const __m512i one = _mm512_set1_epi64(1);
+  for (int i = 0; i < ns; i += 16) {
+    const __mmask16 lanes =
+        ns - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (ns - i)) - 1);
+    const __m512i x = _mm512_maskz_loadu_epi32(lanes, rx + i);
+    const __m512i y = _mm512_maskz_loadu_epi32(lanes, ry + i);
+    const __mmask16 to_mask = _mm512_mask_cmplt_epu32_mask(lanes, x, tm);
+    const __mmask16 to_random = static_cast<__mmask16>(
+        (all_random ? lanes : _mm512_mask_cmplt_epu32_mask(lanes, x, tr)) & ~to_mask);
+    for (int h = 0; h < 2; ++h) {
+      const __mmask8 m = static_cast<__mmask8>(to_mask >> (8 * h));
+      const __mmask8 r = static_cast<__mmask8>(to_random >> (8 * h));
+      if (!(m | r)) continue;
+      const __m256i yh = h ? _mm512_extracti64x4_epi64(y, 1) : _mm512_castsi512_si256(y);
+      __m512i id = _mm512_srli_epi64(_mm512_mul_epu32(_mm512_cvtepu32_epi64(yh), pool), 32);
+      for (int s = 0; s < P.n_skip; ++s) {
+        const __m512i sp = _mm512_set1_epi64(P.special[s]);
+        id = _mm512_mask_add_epi64(id, _mm512_cmple_epi64_mask(sp, id), id, one);
+      }
+      __m512i v = _mm512_loadu_si512(val + i + 8 * h);
+      v = _mm512_mask_mov_epi64(v, r, id);
+      v = _mm512_mask_mov_epi64(v, m, mask_id);
+      _mm512_storeu_si512(val + i + 8 * h, v);
+    }
+  }
+  for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<TO>(val[i]);
+}
+
+// plain_row for AVX-512 and short special lists, fused: one pass over 16 tokens at a time
+// computes eligibility and the range check in mask registers and copies the ids (widened when
+// TO is wider) with the -100 labels; a second pass over the chunk's draws compresses the
+// selected positions. Same decisions as plain_row, draw for draw.
+template <typename T, typename TO>
+MLMFAST_AVX512 void plain_row_avx512(const MaskInputs& in, const MaskParams& P, const RowKey& key,
+                                     const T* ids, int64_t off, int64_t n, TO* o, TO* l,
+                                     bool& bad) {
+  alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
+  alignas(64) int32_t sel[kChunk];
+  __mmask16 allow[kChunk / 16];
+  const u32x2 k{key.seed_lo, key.seed_hi};
+  const uint32_t sid_lo = static_cast<uint32_t>(key.sample_id);
+  const uint32_t sid_hi = static_cast<uint32_t>(key.sample_id >> 32);
+  const __m512i t32 =
+      _mm512_set1_epi32(static_cast<int>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu)));
+  const bool t_all = P.t_select >= kOne;
+  const __m512i vocab = _mm512_set1_epi64(P.vocab_size);
+  const __m512i ignore = _mm512_set1_epi64(kIgnoreIndex);
+  const int ns_special = P.n_special;  // <= kInlineSpecials here
+  __m512i spec[kInlineSpecials];
+  for (int i = 0; i < ns_special; ++i) spec[i] = _mm512_set1_epi64(P.special[i]);
+  const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __mmask16 any_bad = 0;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+    const int groups = (m + 15) >> 4;
+    int last_group = -1;
+    for (int g = 0; g < groups; ++g) {
+      const int q = 16 * g;
+      const __mmask16 lanes =
+          m - q >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (m - q)) - 1);
+      __m512i lo, hi;
+      load16(ids + c + q, lanes, lo, hi);
+      __mmask16 ok = lanes;
+      if (in.attention) ok &= flags16(in.attention, in.attention_kind, off + c + q, lanes);
+      // an attended id outside [0, vocab_size) (unsigned compare: negatives too)
+      const __mmask16 out_of_vocab =
+          static_cast<__mmask16>(_mm512_cmpge_epu64_mask(lo, vocab) |
+                                 (static_cast<unsigned>(_mm512_cmpge_epu64_mask(hi, vocab)) << 8));
+      any_bad |= ok & out_of_vocab;
+      if (in.special_mask)
+        ok &= static_cast<__mmask16>(
+            ~flags16(in.special_mask, in.special_mask_kind, off + c + q, lanes));
+      for (int i = 0; i < ns_special; ++i) {
+        ok &= static_cast<__mmask16>(
+            _mm512_cmpneq_epi64_mask(lo, spec[i]) |
+            (static_cast<unsigned>(_mm512_cmpneq_epi64_mask(hi, spec[i])) << 8));
+      }
+      allow[g] = ok;
+      if (ok) last_group = g;
+      store16(o + c + q, lanes, lo, hi);
+      store16(l + c + q, lanes, ignore, ignore);
+    }
+    if (last_group < 0) continue;
+    // draws up to the last selectable token only (padding costs none)
+    const int mm = 16 * last_group + (32 - __builtin_clz(static_cast<unsigned>(allow[last_group])));
+    const int nb = (mm + 3) >> 2;
+    const uint32_t b0 = static_cast<uint32_t>(c >> 2);
+    for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
+    philox_batch(nb, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+    int ns = 0;
+    for (int g = 0; g <= last_group; ++g) {
+      __mmask16 cand = allow[g];
+      if (!t_all)
+        cand &=
+            _mm512_cmplt_epu32_mask(draws16(rx + 4 * g, ry + 4 * g, rz + 4 * g, rw + 4 * g), t32);
+      _mm512_mask_compressstoreu_epi32(sel + ns, cand,
+                                       _mm512_add_epi32(step, _mm512_set1_epi32(16 * g)));
+      ns += __builtin_popcount(static_cast<unsigned>(cand));
+    }
+    if (ns == 0) continue;
+    if (P.n_random < (int64_t(1) << 32))
+      replace_selected_avx512(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
+    else
+      replace_selected(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
+  }
+  bad |= any_bad != 0;
+}
+#pragma GCC diagnostic pop
+#endif
+
+template <typename T, typename TO>
+void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out,
+                         TO* lab, Problems& pr) {
   const int64_t L = in.length;
   const int64_t base = r.row * L;
-  for (int64_t j = 0; j < r.start; ++j) out[j] = r.ids[j];
-  std::fill(lab, lab + r.start, static_cast<T>(kIgnoreIndex));
+  for (int64_t j = 0; j < r.start; ++j) out[j] = static_cast<TO>(r.ids[j]);
+  std::fill(lab, lab + r.start, static_cast<TO>(kIgnoreIndex));
   bool bad = false;
-  plain_row(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
-            lab + r.start, bad);
+#if MLMFAST_X86_DISPATCH
+  if (use_avx512bw() && P.n_special <= kInlineSpecials) {
+    plain_row_avx512(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
+                     lab + r.start, bad);
+  } else
+#endif
+    plain_row(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
+              lab + r.start, bad);
   if (bad) {
     for (int64_t j = r.start; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
   }
@@ -406,8 +643,8 @@ struct Unit {
 
 // Exact mode: the per-row budget and the ranking rule of masking.h, by sorting the row's
 // units (a row is at most a few thousand tokens; the scratch vectors are reused).
-template <typename T>
-void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T* out, T* lab,
+template <typename T, typename TO>
+void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out, TO* lab,
                Problems& pr, std::vector<Unit>& units, std::vector<int64_t>& unit_of,
                std::vector<std::pair<int64_t, int64_t>>& words, std::vector<uint8_t>& taken,
                std::vector<int32_t>& order) {
@@ -496,8 +733,8 @@ void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T
   }
 }
 
-template <typename T>
-void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
+template <typename T, typename TO>
+void run_cpu(const MaskInputs& in, const MaskParams& P0, TO* out, TO* lab) {
   const int64_t B = in.batch, L = in.length;
   MaskParams P = P0;
   if (in.rng_state) {
@@ -516,8 +753,8 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
       const T* ids = static_cast<const T*>(in.ids) + b * L;
       const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
       RowView<T> r{ids, b, row_start(in, b * L, L), row_key(P.seed, P.epoch, sid)};
-      T* o = out + b * L;
-      T* l = lab + b * L;
+      TO* o = out + b * L;
+      TO* l = lab + b * L;
       if (in.exact) {
         exact_row(in, P, r, o, l, pr, units, unit_of, words, taken, order);
       } else if (!in.word_ids && P.n_pos == 0) {
@@ -548,11 +785,15 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, T* out, T* lab) {
   }
 }
 
+// ids int64 -> int64, int32 -> int32, or int32 -> int64 (the out= form's widening).
 void cpu_kernel(const MaskInputs& in, const MaskParams& P, at::Tensor& out, at::Tensor& labels) {
-  if (out.scalar_type() == at::kLong) {
-    run_cpu<int64_t>(in, P, out.data_ptr<int64_t>(), labels.data_ptr<int64_t>());
+  const bool wide = out.scalar_type() == at::kLong;
+  if (in.ids_kind == kInt64) {
+    run_cpu<int64_t, int64_t>(in, P, out.data_ptr<int64_t>(), labels.data_ptr<int64_t>());
+  } else if (wide) {
+    run_cpu<int32_t, int64_t>(in, P, out.data_ptr<int64_t>(), labels.data_ptr<int64_t>());
   } else {
-    run_cpu<int32_t>(in, P, out.data_ptr<int32_t>(), labels.data_ptr<int32_t>());
+    run_cpu<int32_t, int32_t>(in, P, out.data_ptr<int32_t>(), labels.data_ptr<int32_t>());
   }
 }
 
@@ -565,6 +806,12 @@ void mask_tokens_inplace_cpu(const at::Tensor& input_ids, const at::Tensor& labe
                              MLMFAST_MASK_PARAMS) {
   mask_tokens_in_place(&cpu_kernel, /*check_first=*/true, input_ids, labels,
                        MLMFAST_MASK_ARGS_PASS);
+}
+
+void mask_tokens_into_cpu(const at::Tensor& input_ids, const at::Tensor& out,
+                          const at::Tensor& labels, MLMFAST_MASK_PARAMS) {
+  mask_tokens_into(&cpu_kernel, /*kernel_widens=*/true, /*check_first=*/true, input_ids, out,
+                   labels, MLMFAST_MASK_ARGS_PASS);
 }
 
 // Raw Philox4x32-10 blocks, for known-answer tests and for reference.py's self-check.
@@ -595,6 +842,7 @@ at::Tensor philox_cpu(const at::Tensor& counters, int64_t seed) {
 TORCH_LIBRARY_IMPL(mlmfast, CPU, m) {
   m.impl("mask_tokens", &mask_tokens_cpu);
   m.impl("mask_tokens_", &mask_tokens_inplace_cpu);
+  m.impl("mask_tokens_into", &mask_tokens_into_cpu);
   m.impl("philox4x32_10", &philox_cpu);
 }
 

@@ -335,11 +335,19 @@ void mask_tokens_inplace_cuda(const at::Tensor& input_ids, const at::Tensor& lab
                        MLMFAST_MASK_ARGS_PASS);
 }
 
+void mask_tokens_into_cuda(const at::Tensor& input_ids, const at::Tensor& out,
+                           const at::Tensor& labels, MLMFAST_MASK_PARAMS) {
+  // int32 ids into int64 outputs: the int32 kernel, then a widening copy on the stream.
+  mask_tokens_into(&cuda_kernel, /*kernel_widens=*/false, /*check_first=*/false, input_ids, out,
+                   labels, MLMFAST_MASK_ARGS_PASS);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mlmfast, CUDA, m) {
   m.impl("mask_tokens", &mask_tokens_cuda);
   m.impl("mask_tokens_", &mask_tokens_inplace_cuda);
+  m.impl("mask_tokens_into", &mask_tokens_into_cuda);
 }
 
 }  // namespace mlmfast

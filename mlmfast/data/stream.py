@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mlmfast import _C, pos
+from mlmfast.collator import FULL_ROWS_KEY, DataCollatorForLanguageModeling
 from mlmfast.data.shards import ShardSet, open_shards
 
 __all__ = ["ShardStream", "StreamLoader", "make_loader"]
@@ -61,6 +62,7 @@ def _dist_rank_world() -> tuple[int, int]:
 # Per-token columns a shard may have besides input_ids, their batch dtypes and padding values.
 _OPTIONAL = ("word_ids", "pos_ids", "token_type_ids")
 _BUCKET_STREAM = 0x62756B74  # "bukt": the bucketing generator's extra seed word
+_TORCH_DTYPES = {np.int32: torch.int32, np.int64: torch.int64, np.uint8: torch.uint8}
 _OUT_DTYPES = {
     "input_ids": torch.int64,
     "word_ids": torch.int32,
@@ -336,8 +338,11 @@ class ShardStream(IterableDataset):
         return list(mine)
 
     # -- batches --
-    def _make_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def _make_batch(self, rows: np.ndarray, narrow_ids: bool = False) -> dict[str, torch.Tensor]:
         n = len(rows)
+        batch = self._full_rows_batch(rows, narrow_ids)
+        if batch is not None:
+            return batch
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         # runs of rows from one shard (the order keeps a batch's rows of a shard together), each
         # gathered straight into its rows of the output
@@ -357,7 +362,7 @@ class ShardStream(IterableDataset):
             sample_id[where] = shard.columns["sample_id"][0][local]
         width = self.shards.max_length if self.pad_to_max_length else int(lengths.max())
         batch = {
-            "input_ids": self._gather("input_ids", pieces, n, width),
+            "input_ids": self._gather("input_ids", pieces, n, width, narrow_ids),
             "attention_mask": self._attention_mask(lengths, width),
             "sample_id": torch.from_numpy(sample_id),
         }
@@ -366,10 +371,45 @@ class ShardStream(IterableDataset):
                 batch[name] = self._gather(name, pieces, n, width)
         return batch
 
-    def _gather(self, name: str, pieces: list, n: int, width: int) -> torch.Tensor:
+    def _full_rows_batch(self, rows: np.ndarray, narrow_ids: bool) -> dict | None:
+        """The common case in few steps: every row from one shard whose ids are fixed-size
+        (packed to full length) and no other per-token column. None otherwise."""
+        k = int(np.searchsorted(self._starts, rows[0], side="right")) - 1
+        lo, hi = self._starts[k], self._starts[k + 1]
+        if rows.min() < lo or rows.max() >= hi:
+            return None
+        shard = self._shard(k)
+        values, _, width = shard.columns["input_ids"]
+        if width is None or len(shard.columns) != 2:  # input_ids and sample_id only
+            return None
+        if self.pad_to_max_length and width != self.shards.max_length:
+            return None
+        local = rows - lo
+        n = len(rows)
+        if narrow_ids:
+            ids = torch.empty((n, width), dtype=_TORCH_DTYPES[values.dtype.type])
+            np.take(values, local, axis=0, out=ids.numpy())
+        else:
+            ids = self._gather("input_ids", [(shard, slice(0, n), local)], n, width)
+        batch = {
+            "input_ids": ids,
+            "attention_mask": torch.ones((n, width), dtype=torch.int64),
+            "sample_id": torch.from_numpy(shard.columns["sample_id"][0][local]),
+        }
+        if narrow_ids:  # for mlmfast's collator only, which consumes the key
+            batch[FULL_ROWS_KEY] = True
+        return batch
+
+    def _gather(
+        self, name: str, pieces: list, n: int, width: int, narrow: bool = False
+    ) -> torch.Tensor:
         """Column ``name`` of the batch's rows as a fresh ``[n, width]`` tensor, written in its
-        final dtype (no int32 tensor converted afterwards)."""
-        out = torch.empty((n, width), dtype=_OUT_DTYPES[name])
+        final dtype (no int32 tensor converted afterwards), or with ``narrow`` in the shard's
+        own (int32 ids for mlmfast's collator, which widens them as it masks)."""
+        dtype = _OUT_DTYPES[name]
+        if narrow:
+            dtype = _TORCH_DTYPES[pieces[0][0].columns[name][0].dtype.type]
+        out = torch.empty((n, width), dtype=dtype)
         arr, pad = out.numpy(), self._pads[name]
         for shard, where, local in pieces:
             shard.gather(name, local, arr[where], pad, self._scratch)
@@ -403,8 +443,11 @@ class ShardStream(IterableDataset):
         without the bookkeeping of ``__iter__``."""
         order = self.global_order()
         b = self.batch_size
+        # mlmfast's collator takes the shards' int32 ids and writes int64 masked ids and labels
+        # in the same pass: the unmasked batch never exists in int64
+        narrow = isinstance(self.collator, DataCollatorForLanguageModeling)
         for i in self.batch_indices(start):
-            batch = self._make_batch(order[i * b : (i + 1) * b])
+            batch = self._make_batch(order[i * b : (i + 1) * b], narrow)
             if self.collator is not None:
                 # drop the unmasked batch now, not at the next step: its memory is then reused
                 # (cache-warm) by the next batch
