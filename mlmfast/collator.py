@@ -179,6 +179,10 @@ class DataCollatorForLanguageModeling:
         max_length: pad every batch to this length (else the longest example, rounded up to
             ``pad_to_multiple_of``).
         epoch: start epoch; ``set_epoch`` changes it (new masks per epoch, reproducible).
+
+    ``input_ids`` and ``labels`` come out int64 (what embeddings and the loss take) whatever the
+    integer type of the examples: int32 ids, as shards store them, are widened by the op as it
+    writes the masked batch.
     """
 
     def __init__(

@@ -1353,6 +1353,27 @@ class TestCompile:
             assert_same(got, want)
             assert got.input_ids.device == ids.device
 
+    def test_fullgraph_into_matches_eager(self, device):
+        # the out= form (a mutating op) traces too; int32 ids widened into int64 outputs
+        torch._dynamo.reset()
+
+        def fn(ids, attention_mask):
+            out = torch.empty(ids.shape, dtype=torch.int64, device=ids.device)
+            labels = torch.empty(ids.shape, dtype=torch.int64, device=ids.device)
+            mlmfast.mask_tokens_into(
+                ids, out, labels, attention_mask=attention_mask, **BERT, seed=2**63 + 3, epoch=2
+            )
+            return out, labels
+
+        compiled = torch.compile(fn, fullgraph=True)
+        ids, att = bert_batch(6, 40, seed=86)
+        ids, att = ids.to(device).int(), att.to(device)
+        got, want = compiled(ids, att), fn(ids, att)
+        assert got[0].dtype == torch.int64
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        ref = mlmfast.mask_tokens(ids.long(), attention_mask=att, **BERT, seed=2**63 + 3, epoch=2)
+        assert torch.equal(got[0], ref.input_ids) and torch.equal(got[1], ref.labels)
+
     def test_fullgraph_rng_state_input(self, device):
         # With the seed in a tensor, new seeds are new data, not new constants of the graph.
         torch._dynamo.reset()
