@@ -476,7 +476,8 @@ MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE __m512i draws16(const uint32_t* rx, const u
 // over the excluded specials) and the blends 16 tokens at a time; the same values, lane for
 // lane. Needs n_random < 2^32 (any real vocabulary); the caller checks.
 template <typename T, typename TO>
-MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& key, const T* ids,
+MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& key,
+                                            const philox_batch_detail::Avx512Keys& ks, const T* ids,
                                             int64_t c, const int32_t* sel, int ns, TO* o, TO* l,
                                             uint32_t* ctr, uint32_t* rx, uint32_t* ry, uint32_t* rz,
                                             uint32_t* rw) {
@@ -493,9 +494,8 @@ MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& k
   if (P.t_mask == 0 && P.t_random == 0) return;
   for (int i = 0; i < ns; ++i)
     ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
-  philox_batch(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
-               static_cast<uint32_t>(key.sample_id >> 32), u32x2{key.seed_lo, key.seed_hi}, rx, ry,
-               rz, rw);
+  philox_batch_detail::avx512_keyed(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
+                                    static_cast<uint32_t>(key.sample_id >> 32), ks, rx, ry, rz, rw);
   const uint64_t t_rand = P.t_mask + P.t_random;
   const __m512i tm = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(P.t_mask)));
   const __m512i tr =
@@ -554,6 +554,8 @@ MLMFAST_AVX512 void plain_row_avx512(const MaskInputs& in, const MaskParams& P, 
   __m512i spec[kInlineSpecials];
   for (int i = 0; i < ns_special; ++i) spec[i] = _mm512_set1_epi64(P.special[i]);
   const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  philox_batch_detail::Avx512Keys ks;  // the row's key: one schedule for all its draws
+  philox_batch_detail::avx512_schedule(k, ks);
   __mmask16 any_bad = 0;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
@@ -591,7 +593,7 @@ MLMFAST_AVX512 void plain_row_avx512(const MaskInputs& in, const MaskParams& P, 
     const int nb = (mm + 3) >> 2;
     const uint32_t b0 = static_cast<uint32_t>(c >> 2);
     for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
-    philox_batch(nb, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+    philox_batch_detail::avx512_keyed(nb, ctr, key.epoch, sid_lo, sid_hi, ks, rx, ry, rz, rw);
     int ns = 0;
     for (int g = 0; g <= last_group; ++g) {
       __mmask16 cand = allow[g];
@@ -604,7 +606,7 @@ MLMFAST_AVX512 void plain_row_avx512(const MaskInputs& in, const MaskParams& P, 
     }
     if (ns == 0) continue;
     if (P.n_random < (int64_t(1) << 32))
-      replace_selected_avx512(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
+      replace_selected_avx512(P, key, ks, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
     else
       replace_selected(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
   }

@@ -34,52 +34,77 @@ inline void portable(int begin, int n, const uint32_t* c0, uint32_t c1, uint32_t
 }
 
 #if MLMFAST_X86_DISPATCH
+// Eight counters per register in 64-bit lanes (each word in the low half of its lane, the high
+// half ignored): one vpmuludq gives a whole 32x32->64 product, its high word is one shift away
+// and the two xors of a round are one vpternlogd, so a round costs 6 instructions per 8
+// counters (splitting even and odd 32-bit lanes costs 9). Two groups of 8 interleave.
+// The round keys of `key`, broadcast: computed once for all the calls that share the key.
+struct Avx512Keys {
+  __m512i k0[10], k1[10];
+};
+
+__attribute__((target("avx512f"))) inline void avx512_schedule(u32x2 key, Avx512Keys& ks) {
+  using namespace philox_detail;
+  uint32_t a = key.x, b = key.y;
+  for (int r = 0; r < 10; ++r, a += kW0, b += kW1) {
+    ks.k0[r] = _mm512_set1_epi64(a);
+    ks.k1[r] = _mm512_set1_epi64(b);
+  }
+}
+
+__attribute__((target("avx512f"))) inline void avx512_keyed(int n, const uint32_t* c0, uint32_t c1,
+                                                            uint32_t c2, uint32_t c3,
+                                                            const Avx512Keys& ks, uint32_t* ox,
+                                                            uint32_t* oy, uint32_t* oz,
+                                                            uint32_t* ow) {
+  using namespace philox_detail;
+  const __m512i m0 = _mm512_set1_epi64(kM0);
+  const __m512i m1 = _mm512_set1_epi64(kM1);
+  const __m512i* k0 = ks.k0;
+  const __m512i* k1 = ks.k1;
+  constexpr int kXor3 = 0x96;  // a ^ b ^ c
+  for (int i = 0; i < n; i += 16) {
+    // a short last group as masked loads and stores: nothing outside [0, n) is touched
+    const __mmask16 lanes =
+        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512i c = _mm512_maskz_loadu_epi32(lanes, c0 + i);
+    __m512i xa = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(c));
+    __m512i xb = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(c, 1));
+    __m512i ya = _mm512_set1_epi64(c1), yb = ya;
+    __m512i za = _mm512_set1_epi64(c2), zb = za;
+    __m512i wa = _mm512_set1_epi64(c3), wb = wa;
+    for (int r = 0; r < 10; ++r) {
+      const __m512i pa0 = _mm512_mul_epu32(xa, m0), pb0 = _mm512_mul_epu32(xb, m0);
+      const __m512i pa1 = _mm512_mul_epu32(za, m1), pb1 = _mm512_mul_epu32(zb, m1);
+      xa = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa1, 32), ya, k0[r], kXor3);
+      xb = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb1, 32), yb, k0[r], kXor3);
+      za = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa0, 32), wa, k1[r], kXor3);
+      zb = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb0, 32), wb, k1[r], kXor3);
+      ya = pa1;
+      yb = pb1;
+      wa = pa0;
+      wb = pb0;
+    }
+    const __mmask8 la = static_cast<__mmask8>(lanes), lb = static_cast<__mmask8>(lanes >> 8);
+    // the low words of the 64-bit lanes
+    _mm512_mask_cvtepi64_storeu_epi32(ox + i, la, xa);
+    _mm512_mask_cvtepi64_storeu_epi32(ox + i + 8, lb, xb);
+    _mm512_mask_cvtepi64_storeu_epi32(oy + i, la, ya);
+    _mm512_mask_cvtepi64_storeu_epi32(oy + i + 8, lb, yb);
+    _mm512_mask_cvtepi64_storeu_epi32(oz + i, la, za);
+    _mm512_mask_cvtepi64_storeu_epi32(oz + i + 8, lb, zb);
+    _mm512_mask_cvtepi64_storeu_epi32(ow + i, la, wa);
+    _mm512_mask_cvtepi64_storeu_epi32(ow + i + 8, lb, wb);
+  }
+}
+
 __attribute__((target("avx512f"))) inline void avx512(int n, const uint32_t* c0, uint32_t c1,
                                                       uint32_t c2, uint32_t c3, u32x2 key,
                                                       uint32_t* ox, uint32_t* oy, uint32_t* oz,
                                                       uint32_t* ow) {
-  using namespace philox_detail;
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kM1));
-  const __mmask16 odd = 0xAAAA;
-  int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512i x = _mm512_loadu_si512(c0 + i);
-    __m512i y = _mm512_set1_epi32(static_cast<int>(c1));
-    __m512i z = _mm512_set1_epi32(static_cast<int>(c2));
-    __m512i w = _mm512_set1_epi32(static_cast<int>(c3));
-    uint32_t k0 = key.x, k1 = key.y;
-    for (int r = 0; r < 10; ++r) {
-      const __m512i pe0 = _mm512_mul_epu32(x, m0);
-      const __m512i po0 = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), m0);
-      const __m512i pe1 = _mm512_mul_epu32(z, m1);
-      const __m512i po1 = _mm512_mul_epu32(_mm512_srli_epi64(z, 32), m1);
-      const __m512i lo0 = _mm512_mask_blend_epi32(odd, pe0, _mm512_slli_epi64(po0, 32));
-      const __m512i hi0 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(pe0, 32), po0);
-      const __m512i lo1 = _mm512_mask_blend_epi32(odd, pe1, _mm512_slli_epi64(po1, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(odd, _mm512_srli_epi64(pe1, 32), po1);
-      x = _mm512_xor_si512(_mm512_xor_si512(hi1, y), _mm512_set1_epi32(static_cast<int>(k0)));
-      z = _mm512_xor_si512(_mm512_xor_si512(hi0, w), _mm512_set1_epi32(static_cast<int>(k1)));
-      y = lo1;
-      w = lo0;
-      k0 += kW0;
-      k1 += kW1;
-    }
-    _mm512_storeu_si512(ox + i, x);
-    _mm512_storeu_si512(oy + i, y);
-    _mm512_storeu_si512(oz + i, z);
-    _mm512_storeu_si512(ow + i, w);
-  }
-  if (i < n) {  // the tail as one padded vector: a scalar Philox costs as much as 16 lanes
-    alignas(64) uint32_t c[16] = {}, x[16], y[16], z[16], w[16];
-    const int r = n - i;
-    std::memcpy(c, c0 + i, sizeof(uint32_t) * r);
-    avx512(16, c, c1, c2, c3, key, x, y, z, w);
-    std::memcpy(ox + i, x, sizeof(uint32_t) * r);
-    std::memcpy(oy + i, y, sizeof(uint32_t) * r);
-    std::memcpy(oz + i, z, sizeof(uint32_t) * r);
-    std::memcpy(ow + i, w, sizeof(uint32_t) * r);
-  }
+  Avx512Keys ks;
+  avx512_schedule(key, ks);
+  avx512_keyed(n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
 }
 
 __attribute__((target("avx2"))) inline void avx2(int n, const uint32_t* c0, uint32_t c1,
