@@ -178,7 +178,10 @@ class ShardStream(IterableDataset):
     pos_frequencies=stream.pos_class_frequencies)``.
     With ``collator`` (e.g. ``mlmfast.DataCollatorForLanguageModeling``) each batch dict is
     passed through it; without, batches stay unmasked so masking can run on the GPU with
-    ``mlmfast.mask_tokens(..., sample_ids=batch["sample_id"])``.
+    ``mlmfast.mask_tokens(..., sample_ids=batch["sample_id"])``. mlmfast's own collator is
+    handed the shards' int32 ids (it writes the int64 masked ids and labels in one pass) and, for
+    batches of full rows, a private flag that spares it reading the all-ones attention mask; the
+    result is the same as collating the int64 batch. Any other collator gets the int64 batch.
 
     Args:
         path: shard directory.
