@@ -62,7 +62,6 @@ def _dist_rank_world() -> tuple[int, int]:
 # Per-token columns a shard may have besides input_ids, their batch dtypes and padding values.
 _OPTIONAL = ("word_ids", "pos_ids", "token_type_ids")
 _BUCKET_STREAM = 0x62756B74  # "bukt": the bucketing generator's extra seed word
-_TORCH_DTYPES = {np.int32: torch.int32, np.int64: torch.int64, np.uint8: torch.uint8}
 _OUT_DTYPES = {
     "input_ids": torch.int64,
     "word_ids": torch.int32,
@@ -389,8 +388,8 @@ class ShardStream(IterableDataset):
             return None
         local = rows - lo
         n = len(rows)
-        if narrow_ids:
-            ids = torch.empty((n, width), dtype=_TORCH_DTYPES[values.dtype.type])
+        if narrow_ids and values.dtype == np.int32:
+            ids = torch.empty((n, width), dtype=torch.int32)
             np.take(values, local, axis=0, out=ids.numpy())
         else:
             ids = self._gather("input_ids", [(shard, slice(0, n), local)], n, width)
@@ -410,8 +409,8 @@ class ShardStream(IterableDataset):
         final dtype (no int32 tensor converted afterwards), or with ``narrow`` in the shard's
         own (int32 ids for mlmfast's collator, which widens them as it masks)."""
         dtype = _OUT_DTYPES[name]
-        if narrow:
-            dtype = _TORCH_DTYPES[pieces[0][0].columns[name][0].dtype.type]
+        if narrow and pieces[0][0].columns[name][0].dtype == np.int32:
+            dtype = torch.int32  # the op takes int32 ids; any other stored type is widened here
         out = torch.empty((n, width), dtype=dtype)
         arr, pad = out.numpy(), self._pads[name]
         for shard, where, local in pieces:
