@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -46,7 +45,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mlmfast.train import checkpoint as ckpt  # noqa: E402
+from _runs import previous_run  # noqa: E402  (experiments/, the script's folder)
+
 from mlmfast.train.finetune import FinetuneConfig, finetune  # noqa: E402
 
 # The shared budget. Sized so the whole study fits ~10-15 minutes on this 2-core machine.
@@ -113,16 +113,10 @@ def prepare_general(work: str) -> tuple[str, str]:
 
 def run_one(work: str, name: str, init, strategy: str, lr: float, extra: dict, general: tuple):
     out = os.path.join(work, name)
-    summary_path = os.path.join(out, "summary.json")
-    if os.path.isfile(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            summary = json.load(f)
-        if summary.get("finished"):
-            print(f"  {name}: done before, skipped")
-            return summary
-    resume = bool(ckpt.list_checkpoints(out))
-    if not resume and os.path.isdir(out):
-        shutil.rmtree(out)  # a start that saved nothing: begin clean (metrics.jsonl appends)
+    summary, resume = previous_run(out)
+    if summary is not None:
+        print(f"  {name}: done before, skipped")
+        return summary
     fit, held = general
     options = {**SETTINGS, **extra, "out": out, "strategy": strategy, "lr": lr, "resume": resume}
     if init is not None:

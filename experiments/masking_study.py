@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -50,7 +49,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mlmfast.train import checkpoint as ckpt  # noqa: E402
+from _runs import previous_run  # noqa: E402  (experiments/, the script's folder)
+
 from mlmfast.train.finetune import FinetuneConfig, finetune  # noqa: E402
 from mlmfast.train.mlm import MaskingConfig, evaluate_mlm  # noqa: E402
 from mlmfast.train.pretrain import PretrainConfig, pretrain  # noqa: E402
@@ -116,16 +116,10 @@ def prepare_shards(work: str) -> tuple[str, str]:
 
 def pretrain_one(work: str, name: str, masking: dict, shards: tuple[str, str]) -> dict:
     out = os.path.join(work, name)
-    summary_path = os.path.join(out, "summary.json")
-    if os.path.isfile(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            summary = json.load(f)
-        if summary.get("finished"):
-            print(f"  {name}: pre-trained before, skipped")
-            return summary
-    resume = bool(ckpt.list_checkpoints(out))
-    if not resume and os.path.isdir(out):
-        shutil.rmtree(out)  # a start that saved nothing: begin clean
+    summary, resume = previous_run(out)
+    if summary is not None:
+        print(f"  {name}: pre-trained before, skipped")
+        return summary
     train, held = shards
     cfg = PretrainConfig(
         data=train,
@@ -174,15 +168,9 @@ def probe(model_dir: str, held: str) -> dict:
 
 def finetune_one(work: str, name: str, model_dir: str) -> dict:
     out = os.path.join(work, name + "-rt")
-    summary_path = os.path.join(out, "summary.json")
-    if os.path.isfile(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            summary = json.load(f)
-        if summary.get("finished"):
-            return summary
-    resume = bool(ckpt.list_checkpoints(out))
-    if not resume and os.path.isdir(out):
-        shutil.rmtree(out)
+    summary, resume = previous_run(out)
+    if summary is not None:
+        return summary
     return finetune(
         FinetuneConfig(**FINETUNE, out=out, init=model_dir, strategy="full", resume=resume)
     )
@@ -294,7 +282,7 @@ def main(argv=None) -> int:
         probes = probe(model_dir, shards[1])
         down = finetune_one(args.work, name, model_dir)
         data_sizes = "/".join(str(v) for v in down["data"]["sizes"].values())
-        cfg = PretrainConfig(data=shards[0], out="-", **masking).masking()
+        cfg = MaskingConfig(**masking)  # the run's masking, defaults filled in
         runs.append(
             {
                 "run": name,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mlmfast import _C, pos
-from mlmfast.ops import draw_seed
+from mlmfast.ops import draw_seed, schema_seed
 
 __all__ = ["DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask"]
 
@@ -328,8 +328,10 @@ class DataCollatorForLanguageModeling:
         return_tensors = return_tensors or self.return_tensors
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        # ShardStream's flag (batches of full rows): read here, dropped by _pad
+        full_rows = isinstance(examples, Mapping) and examples.get(FULL_ROWS_KEY) is True
         batch = self._pad(examples)
-        out = self._mask(batch)
+        out = self._mask(batch, full_rows)
         if return_tensors == "np":
             out = {
                 k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()
@@ -376,13 +378,11 @@ class DataCollatorForLanguageModeling:
     def _pad(self, examples: Any) -> dict[str, Any]:
         cols, kind = self._columns(examples)
         if kind == "padded":
-            full_rows = cols.pop(FULL_ROWS_KEY, None)
+            cols.pop(FULL_ROWS_KEY, None)  # consumed by __call__
             batch = {
                 k: (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v)
                 for k, v in cols.items()
             }
-            if full_rows is True:
-                batch[FULL_ROWS_KEY] = True
             ids = batch["input_ids"]
             if ids.dim() != 2:
                 raise ValueError(
@@ -539,14 +539,13 @@ class DataCollatorForLanguageModeling:
         out[mask] = torch.from_numpy(flat)
         return out
 
-    def _mask(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _mask(self, batch: dict[str, Any], full_rows: bool = False) -> dict[str, Any]:
         special_tokens_mask = batch.pop("special_tokens_mask", None)
         offsets = batch.pop("offset_mapping", None)
         word_ids = batch.pop("word_ids", None)
         pos_ids = batch.pop("pos_ids", None)
         sample_ids = batch.pop("sample_id", None)
         private_att = batch.pop(_PRIVATE_ATTENTION, None)
-        full_rows = batch.pop(FULL_ROWS_KEY, False) is True
         ids = batch["input_ids"]
         if not self.mlm:
             if ids.dtype == torch.int32:  # int64 out, as from int32 ids when mlm=True
@@ -596,7 +595,6 @@ class DataCollatorForLanguageModeling:
             special_tokens_mask, word_ids, pos_ids, sids = map(
                 move, (special_tokens_mask, word_ids, pos_ids, sids)
             )
-        seed = int(seed)
         # the op's arguments in schema order (mlmfast.ops.mask_tokens documents them), built
         # here rather than through its keyword wrapper: this runs once per batch
         args = (
@@ -613,7 +611,7 @@ class DataCollatorForLanguageModeling:
             self.random_replace_prob,
             self.mask_token_id,
             self.vocab_size,
-            seed - 2**64 if seed >= 2**63 else seed,  # the schema's int64, same key bits
+            schema_seed(seed),
             self.epoch,
             bool(self.exact_count),
             bool(self.exclude_special_from_random),

@@ -53,6 +53,12 @@ def _check_mode(mode: str) -> bool:
     return mode == "exact"
 
 
+def schema_seed(seed: int) -> int:
+    """A 64-bit seed (signed or unsigned) as the schema's int64: the same 64 key bits."""
+    seed = int(seed)
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
 def _args(input_ids, o: dict) -> tuple:
     """The schema's arguments after input_ids, checked and converted, from the options `o`."""
     if not isinstance(input_ids, torch.Tensor):
@@ -68,8 +74,7 @@ def _args(input_ids, o: dict) -> tuple:
     seed = draw_seed() if o["seed"] is None else int(o["seed"])
     if not -(2**63) <= seed < 2**64:
         raise ValueError(f"mask_tokens: seed must fit in 64 bits, got {seed}")
-    if seed >= 2**63:  # the schema carries int64; same 64 key bits
-        seed -= 2**64
+    seed = schema_seed(seed)
     pos_probs = o["pos_probs"]
     return (
         o["attention_mask"],
@@ -171,12 +176,7 @@ def mask_tokens_(input_ids: torch.Tensor, labels: torch.Tensor, **options) -> No
     (same shape and dtype, contiguous). No allocation. On the CPU a batch with ids outside the
     vocabulary (or POS classes / word ids the op rejects) is reported before anything is
     written."""
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise TypeError(f"mask_tokens_: unexpected keyword arguments {unknown}")
-    missing = [k for k in ("mask_token_id", "vocab_size") if k not in options]
-    if missing:
-        raise TypeError(f"mask_tokens_: missing required keyword arguments {missing}")
+    _check_keywords("mask_tokens_", options)
     args = _args(input_ids, {**_OPTIONS, **options})
     torch.ops.mlmfast.mask_tokens_.default(input_ids, labels, *args)
 
@@ -191,12 +191,7 @@ def mask_tokens_into(
     the loss take, in one pass, with the same values as ``mask_tokens(ids.long(), ...)``.
     ``out`` may be ``input_ids`` itself (the in-place form); ``labels`` shares no memory with
     either. No allocation on the CPU; on CUDA the widening is a copy after the int32 kernel."""
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise TypeError(f"mask_tokens_into: unexpected keyword arguments {unknown}")
-    missing = [k for k in ("mask_token_id", "vocab_size") if k not in options]
-    if missing:
-        raise TypeError(f"mask_tokens_into: missing required keyword arguments {missing}")
+    _check_keywords("mask_tokens_into", options)
     for name, t in (("out", out), ("labels", labels)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(
@@ -204,6 +199,17 @@ def mask_tokens_into(
             )
     args = _args(input_ids, {**_OPTIONS, **options})
     torch.ops.mlmfast.mask_tokens_into.default(input_ids, out, labels, *args)
+
+
+def _check_keywords(name: str, options: dict) -> None:
+    """The keyword arguments of the preallocated forms: mask_tokens' own, the required ones
+    present."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(f"{name}: unexpected keyword arguments {unknown}")
+    missing = [k for k in ("mask_token_id", "vocab_size") if k not in options]
+    if missing:
+        raise TypeError(f"{name}: missing required keyword arguments {missing}")
 
 
 # The keyword arguments of mask_tokens and their defaults (mask_tokens_ takes the same).
@@ -217,9 +223,7 @@ _OPTIONS = {
 def philox4x32_10(counters: torch.Tensor, seed: int) -> torch.Tensor:
     """Raw Philox4x32-10 blocks: ``counters`` int64 ``[N, 4]`` (values < 2^32), key = the 64-bit
     seed (low word first). Returns int64 ``[N, 4]`` of uint32 values. CPU only; for tests."""
-    if seed >= 2**63:
-        seed -= 2**64
-    return torch.ops.mlmfast.philox4x32_10.default(counters, int(seed))
+    return torch.ops.mlmfast.philox4x32_10.default(counters, schema_seed(seed))
 
 
 @torch.library.register_fake("mlmfast::mask_tokens")

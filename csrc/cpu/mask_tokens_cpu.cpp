@@ -314,23 +314,32 @@ void decide_chunk(int m, const T* idb, const uint8_t* allow, const uint32_t* u, 
   decide_chunk_body(m, idb, allow, u, t32, t_all, smin, span, cand, rng);
 }
 
-// selected tokens of a chunk (positions sel[0..ns) relative to the chunk at c): labels, then
-// the 80/10/10 draws, one Philox batch for all of them. Labels first: with the in-place form
-// (o == ids) the originals are still in place when they are read.
+// Selected tokens of a chunk (positions sel[0..ns) relative to the chunk at c): their labels,
+// and the counters of their 80/10/10 draws in ctr. Returns false when the split needs no draw
+// (every selected token [MASK], written here, or every one kept). Labels first: with the
+// in-place form (o == ids) the originals are still in place when they are read.
+template <typename T, typename TO>
+MLMFAST_ALWAYS_INLINE bool label_selected(const MaskParams& P, const T* ids, int64_t c,
+                                          const int32_t* sel, int ns, TO* o, TO* l, uint32_t* ctr) {
+  for (int i = 0; i < ns; ++i) l[c + sel[i]] = static_cast<TO>(ids[c + sel[i]]);
+  if (P.t_mask >= kOne) {
+    for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<TO>(P.mask_token_id);
+    return false;
+  }
+  if (P.t_mask == 0 && P.t_random == 0) return false;
+  for (int i = 0; i < ns; ++i)
+    ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
+  return true;
+}
+
+// label_selected, then the 80/10/10 draws as one Philox batch and their replacements.
 template <typename T, typename TO>
 MLMFAST_ALWAYS_INLINE void replace_selected(const MaskParams& P, const RowKey& key, const T* ids,
                                             int64_t c, const int32_t* sel, int ns, TO* o, TO* l,
                                             uint32_t* ctr, uint32_t* rx, uint32_t* ry, uint32_t* rz,
                                             uint32_t* rw) {
-  for (int i = 0; i < ns; ++i) l[c + sel[i]] = static_cast<TO>(ids[c + sel[i]]);
-  if (P.t_mask >= kOne) {
-    for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<TO>(P.mask_token_id);
-    return;
-  }
-  if (P.t_mask == 0 && P.t_random == 0) return;
+  if (!label_selected(P, ids, c, sel, ns, o, l, ctr)) return;
   const uint64_t t_rand = P.t_mask + P.t_random;
-  for (int i = 0; i < ns; ++i)
-    ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
   philox_batch(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
                static_cast<uint32_t>(key.sample_id >> 32), u32x2{key.seed_lo, key.seed_hi}, rx, ry,
                rz, rw);
@@ -481,19 +490,9 @@ MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& k
                                             int64_t c, const int32_t* sel, int ns, TO* o, TO* l,
                                             uint32_t* ctr, uint32_t* rx, uint32_t* ry, uint32_t* rz,
                                             uint32_t* rw) {
-  alignas(64) int64_t val[kChunk];
-  for (int i = 0; i < ns; ++i) {
-    const int64_t j = c + sel[i];
-    val[i] = static_cast<int64_t>(ids[j]);
-    l[j] = static_cast<TO>(ids[j]);
-  }
-  if (P.t_mask >= kOne) {
-    for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<TO>(P.mask_token_id);
-    return;
-  }
-  if (P.t_mask == 0 && P.t_random == 0) return;
-  for (int i = 0; i < ns; ++i)
-    ctr[i] = kTagReplace | (static_cast<uint32_t>(c + sel[i]) & kIndexMask);
+  if (!label_selected(P, ids, c, sel, ns, o, l, ctr)) return;
+  alignas(64) int64_t val[kChunk];  // the originals, replaced lane by lane below
+  for (int i = 0; i < ns; ++i) val[i] = static_cast<int64_t>(ids[c + sel[i]]);
   philox_batch_detail::avx512_keyed(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
                                     static_cast<uint32_t>(key.sample_id >> 32), ks, rx, ry, rz, rw);
   const uint64_t t_rand = P.t_mask + P.t_random;
