@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -481,20 +482,103 @@ MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE __m512i draws16(const uint32_t* rx, const u
   return _mm512_inserti32x4(u, _mm_unpackhi_epi64(xy1, zw1), 3);
 }
 
-// replace_selected with the 80/10/10 decisions, the random ids (multiply-high and the walk
-// over the excluded specials) and the blends 16 tokens at a time; the same values, lane for
-// lane. Needs n_random < 2^32 (any real vocabulary); the caller checks.
+// The AVX-512 path for rows without word ids or POS classes and short special lists. Rows go
+// in segments of up to kChunk tokens, and segments are gathered into groups: the selection
+// draws of a whole group are one Philox batch and the 80/10/10 draws of its selected tokens
+// another, so the vector lanes stay full however short the rows are (a row of 80 tokens alone
+// needs 20 blocks and would fill 24 lanes; with its neighbours it fills 20). One pass over 16
+// tokens at a time computes eligibility and the range check in mask registers and copies the
+// ids (widened when TO is wider) with the -100 labels; the selected positions are compressed
+// out of the draws. Same decisions as plain_row, draw for draw. Needs n_random < 2^32 and flat
+// indices below 2^31 (the caller checks).
+constexpr int kGroupBlocks = 512;  // selection blocks (4 tokens each) per group
+constexpr int kGroupSegments = 64;
+constexpr int kGroupSelected = 4 * kGroupBlocks;
+
+struct GroupSegment {
+  int32_t flat;  // flat index of the segment's first token
+  uint32_t pos;  // its position relative to the row's first attended token
+  uint32_t sid_lo, sid_hi;
+  int32_t blk;         // first selection block in the group's arrays
+  int32_t last_group;  // 16-token groups up to the last selectable one
+};
+
+// Per-thread working memory of a group (~110 KB, allocated once per thread). The counters and
+// draws have 16 entries of slack: whole-vector stores and draws16 may run past the last block.
+struct GroupScratch {
+  alignas(64) uint32_t ctr[kGroupBlocks + 16], c2[kGroupBlocks + 16], c3[kGroupBlocks + 16];
+  alignas(64) uint32_t rx[kGroupBlocks + 16], ry[kGroupBlocks + 16], rz[kGroupBlocks + 16],
+      rw[kGroupBlocks + 16];
+  alignas(64) uint32_t sctr[kGroupSelected + 16], sc2[kGroupSelected + 16],
+      sc3[kGroupSelected + 16];
+  alignas(64) int32_t sdst[kGroupSelected + 16];
+  alignas(64) uint32_t sx[kGroupSelected], sy[kGroupSelected], sz[kGroupSelected],
+      sw[kGroupSelected];
+  alignas(64) int64_t sval[kGroupSelected];
+  __mmask16 allow[kGroupSegments * (kChunk / 16)];
+  GroupSegment seg[kGroupSegments];
+  int n_seg = 0, n_blk = 0;
+};
+
+inline GroupScratch& group_scratch() {
+  thread_local std::unique_ptr<GroupScratch> s;
+  if (!s) s = std::make_unique<GroupScratch>();
+  return *s;
+}
+
+// The group's draws, decisions and replacements; empties the group.
 template <typename T, typename TO>
-MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& key,
-                                            const philox_batch_detail::Avx512Keys& ks, const T* ids,
-                                            int64_t c, const int32_t* sel, int ns, TO* o, TO* l,
-                                            uint32_t* ctr, uint32_t* rx, uint32_t* ry, uint32_t* rz,
-                                            uint32_t* rw) {
-  if (!label_selected(P, ids, c, sel, ns, o, l, ctr)) return;
-  alignas(64) int64_t val[kChunk];  // the originals, replaced lane by lane below
-  for (int i = 0; i < ns; ++i) val[i] = static_cast<int64_t>(ids[c + sel[i]]);
-  philox_batch_detail::avx512_keyed(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
-                                    static_cast<uint32_t>(key.sample_id >> 32), ks, rx, ry, rz, rw);
+MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::Avx512Keys& ks,
+                                const T* ids, TO* out, TO* lab, GroupScratch& G) {
+  if (G.n_seg == 0) return;
+  namespace pb = philox_batch_detail;
+  pb::avx512_rows(G.n_blk, G.ctr, P.epoch, G.c2, G.c3, ks, G.rx, G.ry, G.rz, G.rw);
+  const __m512i t32 =
+      _mm512_set1_epi32(static_cast<int>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu)));
+  const bool t_all = P.t_select >= kOne;
+  const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i tag = _mm512_set1_epi32(static_cast<int>(kTagReplace));
+  const __m512i index_mask = _mm512_set1_epi32(static_cast<int>(kIndexMask));
+  int ns = 0;
+  for (int s = 0; s < G.n_seg; ++s) {
+    const GroupSegment& sg = G.seg[s];
+    const __mmask16* allow = G.allow + s * (kChunk / 16);
+    const __m512i c2 = _mm512_set1_epi32(static_cast<int>(sg.sid_lo));
+    const __m512i c3 = _mm512_set1_epi32(static_cast<int>(sg.sid_hi));
+    for (int g = 0; g <= sg.last_group; ++g) {
+      __mmask16 cand = allow[g];
+      if (!t_all) {
+        const int b = sg.blk + 4 * g;
+        cand &= _mm512_cmplt_epu32_mask(draws16(G.rx + b, G.ry + b, G.rz + b, G.rw + b), t32);
+      }
+      if (!cand) continue;
+      const __m512i pos =
+          _mm512_add_epi32(step, _mm512_set1_epi32(static_cast<int>(sg.pos + 16 * g)));
+      _mm512_mask_compressstoreu_epi32(G.sctr + ns, cand,
+                                       _mm512_or_si512(tag, _mm512_and_si512(pos, index_mask)));
+      _mm512_mask_compressstoreu_epi32(G.sdst + ns, cand,
+                                       _mm512_add_epi32(step, _mm512_set1_epi32(sg.flat + 16 * g)));
+      _mm512_storeu_si512(G.sc2 + ns, c2);
+      _mm512_storeu_si512(G.sc3 + ns, c3);
+      ns += __builtin_popcount(static_cast<unsigned>(cand));
+    }
+  }
+  G.n_seg = 0;
+  G.n_blk = 0;
+  // labels first: with the in-place form (out == ids) the originals are still in place here
+  for (int i = 0; i < ns; ++i) {
+    const T v = ids[G.sdst[i]];
+    lab[G.sdst[i]] = static_cast<TO>(v);
+    G.sval[i] = static_cast<int64_t>(v);
+  }
+  if (P.t_mask >= kOne) {
+    for (int i = 0; i < ns; ++i) out[G.sdst[i]] = static_cast<TO>(P.mask_token_id);
+    return;
+  }
+  if (ns == 0 || (P.t_mask == 0 && P.t_random == 0)) return;
+  pb::avx512_rows(ns, G.sctr, P.epoch, G.sc2, G.sc3, ks, G.sx, G.sy, G.sz, G.sw);
+  // the 80/10/10 decisions, the random ids (multiply-high and the walk over the excluded
+  // specials) and the blends, 16 tokens at a time: random_token and replacement, lane for lane
   const uint64_t t_rand = P.t_mask + P.t_random;
   const __m512i tm = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(P.t_mask)));
   const __m512i tr =
@@ -506,8 +590,8 @@ MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& k
   for (int i = 0; i < ns; i += 16) {
     const __mmask16 lanes =
         ns - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (ns - i)) - 1);
-    const __m512i x = _mm512_maskz_loadu_epi32(lanes, rx + i);
-    const __m512i y = _mm512_maskz_loadu_epi32(lanes, ry + i);
+    const __m512i x = _mm512_maskz_loadu_epi32(lanes, G.sx + i);
+    const __m512i y = _mm512_maskz_loadu_epi32(lanes, G.sy + i);
     const __mmask16 to_mask = _mm512_mask_cmplt_epu32_mask(lanes, x, tm);
     const __mmask16 to_random = static_cast<__mmask16>(
         (all_random ? lanes : _mm512_mask_cmplt_epu32_mask(lanes, x, tr)) & ~to_mask);
@@ -521,95 +605,110 @@ MLMFAST_AVX512 void replace_selected_avx512(const MaskParams& P, const RowKey& k
         const __m512i sp = _mm512_set1_epi64(P.special[s]);
         id = _mm512_mask_add_epi64(id, _mm512_cmple_epi64_mask(sp, id), id, one);
       }
-      __m512i v = _mm512_loadu_si512(val + i + 8 * h);
+      __m512i v = _mm512_loadu_si512(G.sval + i + 8 * h);
       v = _mm512_mask_mov_epi64(v, r, id);
       v = _mm512_mask_mov_epi64(v, m, mask_id);
-      _mm512_storeu_si512(val + i + 8 * h, v);
+      _mm512_storeu_si512(G.sval + i + 8 * h, v);
     }
   }
-  for (int i = 0; i < ns; ++i) o[c + sel[i]] = static_cast<TO>(val[i]);
+  for (int i = 0; i < ns; ++i) out[G.sdst[i]] = static_cast<TO>(G.sval[i]);
 }
 
-// plain_row for AVX-512 and short special lists, fused: one pass over 16 tokens at a time
-// computes eligibility and the range check in mask registers and copies the ids (widened when
-// TO is wider) with the -100 labels; a second pass over the chunk's draws compresses the
-// selected positions. Same decisions as plain_row, draw for draw.
+// Rows [b0, b1) of the batch (bernoulli mode, no word ids or POS classes).
 template <typename T, typename TO>
-MLMFAST_AVX512 void plain_row_avx512(const MaskInputs& in, const MaskParams& P, const RowKey& key,
-                                     const T* ids, int64_t off, int64_t n, TO* o, TO* l,
-                                     bool& bad) {
-  alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
-  alignas(64) int32_t sel[kChunk];
-  __mmask16 allow[kChunk / 16];
-  const u32x2 k{key.seed_lo, key.seed_hi};
-  const uint32_t sid_lo = static_cast<uint32_t>(key.sample_id);
-  const uint32_t sid_hi = static_cast<uint32_t>(key.sample_id >> 32);
-  const __m512i t32 =
-      _mm512_set1_epi32(static_cast<int>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu)));
-  const bool t_all = P.t_select >= kOne;
+MLMFAST_AVX512 void plain_rows_avx512(const MaskInputs& in, const MaskParams& P, int64_t b0,
+                                      int64_t b1, TO* out, TO* lab, Problems& pr) {
+  namespace pb = philox_batch_detail;
+  GroupScratch& G = group_scratch();
+  G.n_seg = 0;
+  G.n_blk = 0;
+  const int64_t L = in.length;
+  const T* ids = static_cast<const T*>(in.ids);
+  pb::Avx512Keys ks;  // one key (the seed) for every draw of the batch
+  pb::avx512_schedule(u32x2{static_cast<uint32_t>(P.seed), static_cast<uint32_t>(P.seed >> 32)},
+                      ks);
   const __m512i vocab = _mm512_set1_epi64(P.vocab_size);
   const __m512i ignore = _mm512_set1_epi64(kIgnoreIndex);
   const int ns_special = P.n_special;  // <= kInlineSpecials here
   __m512i spec[kInlineSpecials];
   for (int i = 0; i < ns_special; ++i) spec[i] = _mm512_set1_epi64(P.special[i]);
+  // ids outside [smin, smin + span] are no special id: most groups skip the compares
+  const __m512i smin = _mm512_set1_epi64(ns_special ? P.special[0] : 0);
+  const __m512i span =
+      _mm512_set1_epi64(ns_special ? P.special[ns_special - 1] - P.special[0] : -1);
   const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  philox_batch_detail::Avx512Keys ks;  // the row's key: one schedule for all its draws
-  philox_batch_detail::avx512_schedule(k, ks);
-  __mmask16 any_bad = 0;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
-    const int groups = (m + 15) >> 4;
-    int last_group = -1;
-    for (int g = 0; g < groups; ++g) {
-      const int q = 16 * g;
-      const __mmask16 lanes =
-          m - q >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (m - q)) - 1);
-      __m512i lo, hi;
-      load16(ids + c + q, lanes, lo, hi);
-      __mmask16 ok = lanes;
-      if (in.attention) ok &= flags16(in.attention, in.attention_kind, off + c + q, lanes);
-      // an attended id outside [0, vocab_size) (unsigned compare: negatives too)
-      const __mmask16 out_of_vocab =
-          static_cast<__mmask16>(_mm512_cmpge_epu64_mask(lo, vocab) |
-                                 (static_cast<unsigned>(_mm512_cmpge_epu64_mask(hi, vocab)) << 8));
-      any_bad |= ok & out_of_vocab;
-      if (in.special_mask)
-        ok &= static_cast<__mmask16>(
-            ~flags16(in.special_mask, in.special_mask_kind, off + c + q, lanes));
-      for (int i = 0; i < ns_special; ++i) {
-        ok &= static_cast<__mmask16>(
-            _mm512_cmpneq_epi64_mask(lo, spec[i]) |
-            (static_cast<unsigned>(_mm512_cmpneq_epi64_mask(hi, spec[i])) << 8));
+  const __m512i tag = _mm512_set1_epi32(static_cast<int>(kTagSelect));
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t base = b * L;
+    const int64_t start = row_start(in, base, L);
+    for (int64_t j = 0; j < start; ++j) {  // left padding: copied, never selected
+      out[base + j] = static_cast<TO>(ids[base + j]);
+      lab[base + j] = static_cast<TO>(kIgnoreIndex);
+    }
+    const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
+    const int64_t n = L - start;
+    for (int64_t c = 0; c < n; c += kChunk) {
+      if (G.n_seg == kGroupSegments || G.n_blk + kChunk / 4 > kGroupBlocks)
+        flush_group(P, ks, ids, out, lab, G);
+      const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+      const int64_t flat = base + start + c;
+      __mmask16* allow = G.allow + G.n_seg * (kChunk / 16);
+      __mmask16 any_bad = 0;
+      int last_group = -1;
+      for (int g = 0, q = 0; q < m; ++g, q += 16) {
+        const __mmask16 lanes =
+            m - q >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (m - q)) - 1);
+        __m512i lo, hi;
+        load16(ids + flat + q, lanes, lo, hi);
+        __mmask16 ok = lanes;
+        if (in.attention) ok &= flags16(in.attention, in.attention_kind, flat + q, lanes);
+        // an attended id outside [0, vocab_size) (unsigned compare: negatives too)
+        any_bad |= ok & _mm512_kunpackb(_mm512_cmpge_epu64_mask(hi, vocab),
+                                        _mm512_cmpge_epu64_mask(lo, vocab));
+        if (in.special_mask)
+          ok &= static_cast<__mmask16>(
+              ~flags16(in.special_mask, in.special_mask_kind, flat + q, lanes));
+        const __mmask16 near =
+            _mm512_kunpackb(_mm512_cmple_epu64_mask(_mm512_sub_epi64(hi, smin), span),
+                            _mm512_cmple_epu64_mask(_mm512_sub_epi64(lo, smin), span));
+        if (ok & near) {
+          for (int i = 0; i < ns_special; ++i)
+            ok &= _mm512_kunpackb(_mm512_cmpneq_epi64_mask(hi, spec[i]),
+                                  _mm512_cmpneq_epi64_mask(lo, spec[i]));
+        }
+        allow[g] = ok;
+        if (ok) last_group = g;
+        store16(out + flat + q, lanes, lo, hi);
+        store16(lab + flat + q, lanes, ignore, ignore);
       }
-      allow[g] = ok;
-      if (ok) last_group = g;
-      store16(o + c + q, lanes, lo, hi);
-      store16(l + c + q, lanes, ignore, ignore);
+      if (any_bad) {  // noted here, reported after the parallel region
+        for (int64_t j = flat; j < flat + m; ++j) check_token(in, P, j, ids[j], pr);
+      }
+      if (last_group < 0) continue;
+      // draws up to the last selectable token only (padding costs none)
+      const int mm =
+          16 * last_group + (32 - __builtin_clz(static_cast<unsigned>(allow[last_group])));
+      const int nb = (mm + 3) >> 2;
+      GroupSegment& sg = G.seg[G.n_seg++];
+      sg.flat = static_cast<int32_t>(flat);
+      sg.pos = static_cast<uint32_t>(c);
+      sg.sid_lo = static_cast<uint32_t>(sid);
+      sg.sid_hi = static_cast<uint32_t>(sid >> 32);
+      sg.blk = G.n_blk;
+      sg.last_group = last_group;
+      const __m512i b0v = _mm512_set1_epi32(static_cast<int>(c >> 2));
+      const __m512i lo_w = _mm512_set1_epi32(static_cast<int>(sg.sid_lo));
+      const __m512i hi_w = _mm512_set1_epi32(static_cast<int>(sg.sid_hi));
+      for (int i = 0; i < nb; i += 16) {
+        const __m512i blk = _mm512_add_epi32(b0v, _mm512_add_epi32(step, _mm512_set1_epi32(i)));
+        _mm512_storeu_si512(G.ctr + G.n_blk + i, _mm512_or_si512(tag, blk));
+        _mm512_storeu_si512(G.c2 + G.n_blk + i, lo_w);
+        _mm512_storeu_si512(G.c3 + G.n_blk + i, hi_w);
+      }
+      G.n_blk += nb;
     }
-    if (last_group < 0) continue;
-    // draws up to the last selectable token only (padding costs none)
-    const int mm = 16 * last_group + (32 - __builtin_clz(static_cast<unsigned>(allow[last_group])));
-    const int nb = (mm + 3) >> 2;
-    const uint32_t b0 = static_cast<uint32_t>(c >> 2);
-    for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
-    philox_batch_detail::avx512_keyed(nb, ctr, key.epoch, sid_lo, sid_hi, ks, rx, ry, rz, rw);
-    int ns = 0;
-    for (int g = 0; g <= last_group; ++g) {
-      __mmask16 cand = allow[g];
-      if (!t_all)
-        cand &=
-            _mm512_cmplt_epu32_mask(draws16(rx + 4 * g, ry + 4 * g, rz + 4 * g, rw + 4 * g), t32);
-      _mm512_mask_compressstoreu_epi32(sel + ns, cand,
-                                       _mm512_add_epi32(step, _mm512_set1_epi32(16 * g)));
-      ns += __builtin_popcount(static_cast<unsigned>(cand));
-    }
-    if (ns == 0) continue;
-    if (P.n_random < (int64_t(1) << 32))
-      replace_selected_avx512(P, key, ks, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
-    else
-      replace_selected(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
   }
-  bad |= any_bad != 0;
+  flush_group(P, ks, ids, out, lab, G);
 }
 #pragma GCC diagnostic pop
 #endif
@@ -622,14 +721,8 @@ void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowVie
   for (int64_t j = 0; j < r.start; ++j) out[j] = static_cast<TO>(r.ids[j]);
   std::fill(lab, lab + r.start, static_cast<TO>(kIgnoreIndex));
   bool bad = false;
-#if MLMFAST_X86_DISPATCH
-  if (use_avx512bw() && P.n_special <= kInlineSpecials) {
-    plain_row_avx512(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
-                     lab + r.start, bad);
-  } else
-#endif
-    plain_row(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
-              lab + r.start, bad);
+  plain_row(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
+            lab + r.start, bad);
   if (bad) {
     for (int64_t j = r.start; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
   }
@@ -744,7 +837,15 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, TO* out, TO* lab) {
   }
   Problems pr;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1));
+#if MLMFAST_X86_DISPATCH
+  // the multi-row AVX-512 path: rows batched together for full vector lanes
+  const bool rows_avx512 = !in.exact && !in.word_ids && P.n_pos == 0 && use_avx512bw() &&
+                           P.n_special <= kInlineSpecials && B * L < (int64_t(1) << 31);
+#endif
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+#if MLMFAST_X86_DISPATCH
+    if (rows_avx512) return plain_rows_avx512<T, TO>(in, P, b0, b1, out, lab, pr);
+#endif
     std::vector<Unit> units;
     std::vector<int64_t> unit_of;
     std::vector<std::pair<int64_t, int64_t>> words;

@@ -37,7 +37,8 @@ inline void portable(int begin, int n, const uint32_t* c0, uint32_t c1, uint32_t
 // Eight counters per register in 64-bit lanes (each word in the low half of its lane, the high
 // half ignored): one vpmuludq gives a whole 32x32->64 product, its high word is one shift away
 // and the two xors of a round are one vpternlogd, so a round costs 6 instructions per 8
-// counters (splitting even and odd 32-bit lanes costs 9). Two groups of 8 interleave.
+// counters (splitting even and odd 32-bit lanes costs 9). Four groups of 8 interleave, which
+// hides the latency of the multiply (one group alone waits on it every round).
 // The round keys of `key`, broadcast: computed once for all the calls that share the key.
 struct Avx512Keys {
   __m512i k0[10], k1[10];
@@ -52,50 +53,101 @@ __attribute__((target("avx512f"))) inline void avx512_schedule(u32x2 key, Avx512
   }
 }
 
+// Counter words 2 and 3 (the sample id): one value for every counter, or one per counter.
+struct SameWord {
+  uint32_t v;
+  __attribute__((target("avx512f"), always_inline)) inline __m512i at(int, __mmask16) const {
+    return _mm512_set1_epi64(v);
+  }
+};
+struct WordPerCounter {
+  const uint32_t* p;
+  __attribute__((target("avx512f"), always_inline)) inline __m512i at(int i,
+                                                                      __mmask16 lanes) const {
+    return _mm512_cvtepu32_epi64(_mm512_castsi512_si256(_mm512_maskz_loadu_epi32(lanes, p + i)));
+  }
+};
+
+// G groups of 8 counters from i on (the last one possibly short: masked loads and stores, so
+// nothing outside [0, n) is touched).
+template <int G, typename W2, typename W3>
+__attribute__((target("avx512f"), always_inline)) inline void avx512_groups(
+    int i, int n, const uint32_t* c0, uint32_t c1, W2 c2, W3 c3, const Avx512Keys& ks, uint32_t* ox,
+    uint32_t* oy, uint32_t* oz, uint32_t* ow) {
+  using namespace philox_detail;
+  const __m512i m0 = _mm512_set1_epi64(kM0);
+  const __m512i m1 = _mm512_set1_epi64(kM1);
+  constexpr int kXor3 = 0x96;  // a ^ b ^ c
+  __m512i x[G], y[G], z[G], w[G];
+  __mmask16 lanes[G];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    const int at = i + 8 * g, left = n - at;
+    lanes[g] = left >= 8 ? __mmask16(0xFF) : static_cast<__mmask16>((1u << left) - 1);
+    x[g] =
+        _mm512_cvtepu32_epi64(_mm512_castsi512_si256(_mm512_maskz_loadu_epi32(lanes[g], c0 + at)));
+    y[g] = _mm512_set1_epi64(c1);
+    z[g] = c2.at(at, lanes[g]);
+    w[g] = c3.at(at, lanes[g]);
+  }
+  for (int r = 0; r < 10; ++r) {
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const __m512i p0 = _mm512_mul_epu32(x[g], m0);
+      const __m512i p1 = _mm512_mul_epu32(z[g], m1);
+      x[g] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), y[g], ks.k0[r], kXor3);
+      z[g] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), w[g], ks.k1[r], kXor3);
+      y[g] = p1;
+      w[g] = p0;
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {  // the low words of the 64-bit lanes
+    const int at = i + 8 * g;
+    const __mmask8 m = static_cast<__mmask8>(lanes[g]);
+    _mm512_mask_cvtepi64_storeu_epi32(ox + at, m, x[g]);
+    _mm512_mask_cvtepi64_storeu_epi32(oy + at, m, y[g]);
+    _mm512_mask_cvtepi64_storeu_epi32(oz + at, m, z[g]);
+    _mm512_mask_cvtepi64_storeu_epi32(ow + at, m, w[g]);
+  }
+}
+
+// out_*[i] = Philox4x32-10((c0[i], c1, c2 at i, c3 at i), ks's key), for i < n.
+template <typename W2, typename W3>
+__attribute__((target("avx512f"))) inline void avx512_run(int n, const uint32_t* c0, uint32_t c1,
+                                                          W2 c2, W3 c3, const Avx512Keys& ks,
+                                                          uint32_t* ox, uint32_t* oy, uint32_t* oz,
+                                                          uint32_t* ow) {
+  int i = 0;
+  for (; n - i > 24; i += 32) avx512_groups<4>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+  switch ((n - i + 7) >> 3) {  // 0 to 24 counters left
+    case 3:
+      return avx512_groups<3>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+    case 2:
+      return avx512_groups<2>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+    case 1:
+      return avx512_groups<1>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+    default:
+      return;
+  }
+}
+
+// One sample id for all n counters.
 __attribute__((target("avx512f"))) inline void avx512_keyed(int n, const uint32_t* c0, uint32_t c1,
                                                             uint32_t c2, uint32_t c3,
                                                             const Avx512Keys& ks, uint32_t* ox,
                                                             uint32_t* oy, uint32_t* oz,
                                                             uint32_t* ow) {
-  using namespace philox_detail;
-  const __m512i m0 = _mm512_set1_epi64(kM0);
-  const __m512i m1 = _mm512_set1_epi64(kM1);
-  const __m512i* k0 = ks.k0;
-  const __m512i* k1 = ks.k1;
-  constexpr int kXor3 = 0x96;  // a ^ b ^ c
-  for (int i = 0; i < n; i += 16) {
-    // a short last group as masked loads and stores: nothing outside [0, n) is touched
-    const __mmask16 lanes =
-        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512i c = _mm512_maskz_loadu_epi32(lanes, c0 + i);
-    __m512i xa = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(c));
-    __m512i xb = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(c, 1));
-    __m512i ya = _mm512_set1_epi64(c1), yb = ya;
-    __m512i za = _mm512_set1_epi64(c2), zb = za;
-    __m512i wa = _mm512_set1_epi64(c3), wb = wa;
-    for (int r = 0; r < 10; ++r) {
-      const __m512i pa0 = _mm512_mul_epu32(xa, m0), pb0 = _mm512_mul_epu32(xb, m0);
-      const __m512i pa1 = _mm512_mul_epu32(za, m1), pb1 = _mm512_mul_epu32(zb, m1);
-      xa = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa1, 32), ya, k0[r], kXor3);
-      xb = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb1, 32), yb, k0[r], kXor3);
-      za = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa0, 32), wa, k1[r], kXor3);
-      zb = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb0, 32), wb, k1[r], kXor3);
-      ya = pa1;
-      yb = pb1;
-      wa = pa0;
-      wb = pb0;
-    }
-    const __mmask8 la = static_cast<__mmask8>(lanes), lb = static_cast<__mmask8>(lanes >> 8);
-    // the low words of the 64-bit lanes
-    _mm512_mask_cvtepi64_storeu_epi32(ox + i, la, xa);
-    _mm512_mask_cvtepi64_storeu_epi32(ox + i + 8, lb, xb);
-    _mm512_mask_cvtepi64_storeu_epi32(oy + i, la, ya);
-    _mm512_mask_cvtepi64_storeu_epi32(oy + i + 8, lb, yb);
-    _mm512_mask_cvtepi64_storeu_epi32(oz + i, la, za);
-    _mm512_mask_cvtepi64_storeu_epi32(oz + i + 8, lb, zb);
-    _mm512_mask_cvtepi64_storeu_epi32(ow + i, la, wa);
-    _mm512_mask_cvtepi64_storeu_epi32(ow + i + 8, lb, wb);
-  }
+  avx512_run(n, c0, c1, SameWord{c2}, SameWord{c3}, ks, ox, oy, oz, ow);
+}
+
+// A sample id per counter (c2[i], c3[i]): the draws of many rows in one batch.
+__attribute__((target("avx512f"))) inline void avx512_rows(int n, const uint32_t* c0, uint32_t c1,
+                                                           const uint32_t* c2, const uint32_t* c3,
+                                                           const Avx512Keys& ks, uint32_t* ox,
+                                                           uint32_t* oy, uint32_t* oz,
+                                                           uint32_t* ow) {
+  avx512_run(n, c0, c1, WordPerCounter{c2}, WordPerCounter{c3}, ks, ox, oy, oz, ow);
 }
 
 __attribute__((target("avx512f"))) inline void avx512(int n, const uint32_t* c0, uint32_t c1,
