@@ -27,6 +27,11 @@ __all__ = [
 
 MODES = ("bernoulli", "exact")
 
+# The overloads, looked up once (each torch.ops attribute access costs a dictionary walk).
+_MASK_TOKENS = torch.ops.mlmfast.mask_tokens.default
+_MASK_TOKENS_INPLACE = torch.ops.mlmfast.mask_tokens_.default
+_MASK_TOKENS_INTO = torch.ops.mlmfast.mask_tokens_into.default
+
 
 class MaskOutput(NamedTuple):
     """Result of :func:`mask_tokens`.
@@ -59,42 +64,65 @@ def schema_seed(seed: int) -> int:
     return seed - 2**64 if seed >= 2**63 else seed
 
 
-def _args(input_ids, o: dict) -> tuple:
-    """The schema's arguments after input_ids, checked and converted, from the options `o`."""
+def _schema_args(
+    input_ids,
+    mask_token_id,
+    vocab_size,
+    special_ids,
+    attention_mask,
+    special_tokens_mask,
+    word_ids,
+    pos_ids,
+    pos_probs,
+    sample_ids,
+    mlm_probability,
+    mask_replace_prob,
+    random_replace_prob,
+    seed,
+    epoch,
+    mode,
+    exclude_special_from_random,
+    rng_state,
+) -> tuple:
+    """The schema's arguments after input_ids, checked and converted (the keyword arguments of
+    mask_tokens without return_positions, in its order)."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(
             f"mask_tokens: input_ids must be a torch.Tensor, got {type(input_ids).__name__}"
         )
-    if o["mask_token_id"] is None:
+    if mask_token_id is None:
         raise ValueError(
             "mask_tokens: mask_token_id is required (the tokenizer has no mask token?)"
         )
-    if o["vocab_size"] is None:
+    if vocab_size is None:
         raise ValueError("mask_tokens: vocab_size is required")
-    seed = draw_seed() if o["seed"] is None else int(o["seed"])
+    seed = draw_seed() if seed is None else int(seed)
     if not -(2**63) <= seed < 2**64:
         raise ValueError(f"mask_tokens: seed must fit in 64 bits, got {seed}")
-    seed = schema_seed(seed)
-    pos_probs = o["pos_probs"]
     return (
-        o["attention_mask"],
-        o["special_tokens_mask"],
-        o["word_ids"],
-        o["pos_ids"],
+        attention_mask,
+        special_tokens_mask,
+        word_ids,
+        pos_ids,
         None if pos_probs is None else [float(p) for p in pos_probs],
-        o["sample_ids"],
-        o["rng_state"],
-        [int(s) for s in o["special_ids"]],
-        float(o["mlm_probability"]),
-        float(o["mask_replace_prob"]),
-        float(o["random_replace_prob"]),
-        int(o["mask_token_id"]),
-        int(o["vocab_size"]),
-        seed,
-        int(o["epoch"]),
-        _check_mode(o["mode"]),
-        bool(o["exclude_special_from_random"]),
+        sample_ids,
+        rng_state,
+        [int(s) for s in special_ids],
+        float(mlm_probability),
+        float(mask_replace_prob),
+        float(random_replace_prob),
+        int(mask_token_id),
+        int(vocab_size),
+        schema_seed(seed),
+        int(epoch),
+        _check_mode(mode),
+        bool(exclude_special_from_random),
     )
+
+
+def _args(input_ids, options: dict) -> tuple:
+    """_schema_args from the keyword arguments of the preallocated forms (defaults filled)."""
+    return _schema_args(input_ids, **{**_OPTIONS, **options})
 
 
 def mask_tokens(
@@ -151,23 +179,44 @@ def mask_tokens(
             overrides ``seed``/``epoch`` and is read by the kernel, so the call can be captured
             in a CUDA graph and replayed with new values.
     """
-    options = dict(locals())  # exactly the keyword arguments above
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(
             f"mask_tokens: input_ids must be a torch.Tensor, got {type(input_ids).__name__}"
         )
-    squeeze = input_ids.dim() == 1
-    if squeeze:
-        input_ids = input_ids.unsqueeze(0)
+    if input_ids.dim() == 1:  # one row: as a batch of one
+        options = dict(locals())
+        del options["input_ids"]
         for key in ("attention_mask", "special_tokens_mask", "word_ids", "pos_ids"):
             if options[key] is not None:
                 options[key] = options[key].unsqueeze(0)
-    args = _args(input_ids, options)
-    out, labels = torch.ops.mlmfast.mask_tokens.default(input_ids, *args)
-    positions = torch.nonzero(labels.reshape(-1) != -100).squeeze(1) if return_positions else None
-    if squeeze:
-        out, labels = out.squeeze(0), labels.squeeze(0)
-    return MaskOutput(out, labels, positions)
+        out, labels, positions = mask_tokens(input_ids.unsqueeze(0), **options)
+        return MaskOutput(out.squeeze(0), labels.squeeze(0), positions)
+    out, labels = _MASK_TOKENS(
+        input_ids,
+        *_schema_args(
+            input_ids,
+            mask_token_id,
+            vocab_size,
+            special_ids,
+            attention_mask,
+            special_tokens_mask,
+            word_ids,
+            pos_ids,
+            pos_probs,
+            sample_ids,
+            mlm_probability,
+            mask_replace_prob,
+            random_replace_prob,
+            seed,
+            epoch,
+            mode,
+            exclude_special_from_random,
+            rng_state,
+        ),
+    )
+    if return_positions:
+        return MaskOutput(out, labels, torch.nonzero(labels.reshape(-1) != -100).squeeze(1))
+    return MaskOutput(out, labels, None)
 
 
 def mask_tokens_(input_ids: torch.Tensor, labels: torch.Tensor, **options) -> None:
@@ -177,8 +226,7 @@ def mask_tokens_(input_ids: torch.Tensor, labels: torch.Tensor, **options) -> No
     vocabulary (or POS classes / word ids the op rejects) is reported before anything is
     written."""
     _check_keywords("mask_tokens_", options)
-    args = _args(input_ids, {**_OPTIONS, **options})
-    torch.ops.mlmfast.mask_tokens_.default(input_ids, labels, *args)
+    _MASK_TOKENS_INPLACE(input_ids, labels, *_args(input_ids, options))
 
 
 def mask_tokens_into(
@@ -197,8 +245,7 @@ def mask_tokens_into(
             raise TypeError(
                 f"mask_tokens_into: {name} must be a torch.Tensor, got {type(t).__name__}"
             )
-    args = _args(input_ids, {**_OPTIONS, **options})
-    torch.ops.mlmfast.mask_tokens_into.default(input_ids, out, labels, *args)
+    _MASK_TOKENS_INTO(input_ids, out, labels, *_args(input_ids, options))
 
 
 def _check_keywords(name: str, options: dict) -> None:

@@ -491,7 +491,7 @@ MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE __m512i draws16(const uint32_t* rx, const u
 // ids (widened when TO is wider) with the -100 labels; the selected positions are compressed
 // out of the draws. Same decisions as plain_row, draw for draw. Needs n_random < 2^32 and flat
 // indices below 2^31 (the caller checks).
-constexpr int kGroupBlocks = 512;  // selection blocks (4 tokens each) per group
+constexpr int kGroupBlocks = 256;  // selection blocks (4 tokens each) per group
 constexpr int kGroupSegments = 64;
 constexpr int kGroupSelected = 4 * kGroupBlocks;
 
@@ -503,7 +503,7 @@ struct GroupSegment {
   int32_t last_group;  // 16-token groups up to the last selectable one
 };
 
-// Per-thread working memory of a group (~110 KB, allocated once per thread). The counters and
+// Per-thread working memory of a group (~50 KB, allocated once per thread). The counters and
 // draws have 16 entries of slack: whole-vector stores and draws16 may run past the last block.
 struct GroupScratch {
   alignas(64) uint32_t ctr[kGroupBlocks + 16], c2[kGroupBlocks + 16], c3[kGroupBlocks + 16];
