@@ -514,7 +514,7 @@ struct GroupScratch {
   alignas(64) int32_t sdst[kGroupSelected + 16];
   alignas(64) uint32_t sx[kGroupSelected], sy[kGroupSelected], sz[kGroupSelected],
       sw[kGroupSelected];
-  alignas(64) int64_t sval[kGroupSelected];
+  alignas(64) int64_t sval[kGroupSelected + 16];
   __mmask16 allow[kGroupSegments * (kChunk / 16)];
   GroupSegment seg[kGroupSegments];
   int n_seg = 0, n_blk = 0;
@@ -539,12 +539,15 @@ MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::
   const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i tag = _mm512_set1_epi32(static_cast<int>(kTagReplace));
   const __m512i index_mask = _mm512_set1_epi32(static_cast<int>(kIndexMask));
+  // The selected tokens of each 16-token group: their labels (masked stores of the originals;
+  // with the in-place form, out == ids, the originals are still in place here), and, packed
+  // (compressed in registers, stored whole: the arrays have slack), their flat indices, the
+  // counters of their 80/10/10 draws and their original ids.
   int ns = 0;
   for (int s = 0; s < G.n_seg; ++s) {
     const GroupSegment& sg = G.seg[s];
     const __mmask16* allow = G.allow + s * (kChunk / 16);
-    const __m512i c2 = _mm512_set1_epi32(static_cast<int>(sg.sid_lo));
-    const __m512i c3 = _mm512_set1_epi32(static_cast<int>(sg.sid_hi));
+    const int ns0 = ns;
     for (int g = 0; g <= sg.last_group; ++g) {
       __mmask16 cand = allow[g];
       if (!t_all) {
@@ -552,25 +555,32 @@ MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::
         cand &= _mm512_cmplt_epu32_mask(draws16(G.rx + b, G.ry + b, G.rz + b, G.rw + b), t32);
       }
       if (!cand) continue;
+      const int64_t at = sg.flat + 16 * g;
+      __m512i lo, hi;
+      load16(ids + at, cand, lo, hi);
+      store16(lab + at, cand, lo, hi);
+      const __mmask8 c_lo = static_cast<__mmask8>(cand), c_hi = static_cast<__mmask8>(cand >> 8);
+      const int n_lo = __builtin_popcount(c_lo);
+      _mm512_storeu_si512(G.sval + ns, _mm512_maskz_compress_epi64(c_lo, lo));
+      _mm512_storeu_si512(G.sval + ns + n_lo, _mm512_maskz_compress_epi64(c_hi, hi));
       const __m512i pos =
           _mm512_add_epi32(step, _mm512_set1_epi32(static_cast<int>(sg.pos + 16 * g)));
-      _mm512_mask_compressstoreu_epi32(G.sctr + ns, cand,
-                                       _mm512_or_si512(tag, _mm512_and_si512(pos, index_mask)));
-      _mm512_mask_compressstoreu_epi32(G.sdst + ns, cand,
-                                       _mm512_add_epi32(step, _mm512_set1_epi32(sg.flat + 16 * g)));
-      _mm512_storeu_si512(G.sc2 + ns, c2);
-      _mm512_storeu_si512(G.sc3 + ns, c3);
-      ns += __builtin_popcount(static_cast<unsigned>(cand));
+      _mm512_storeu_si512(G.sctr + ns,
+                          _mm512_maskz_compress_epi32(
+                              cand, _mm512_or_si512(tag, _mm512_and_si512(pos, index_mask))));
+      _mm512_storeu_si512(G.sdst + ns, _mm512_maskz_compress_epi32(
+                                           cand, _mm512_add_epi32(step, _mm512_set1_epi32(at))));
+      ns += n_lo + __builtin_popcount(c_hi);
+    }
+    const __m512i c2 = _mm512_set1_epi32(static_cast<int>(sg.sid_lo));
+    const __m512i c3 = _mm512_set1_epi32(static_cast<int>(sg.sid_hi));
+    for (int i = ns0; i < ns; i += 16) {
+      _mm512_storeu_si512(G.sc2 + i, c2);
+      _mm512_storeu_si512(G.sc3 + i, c3);
     }
   }
   G.n_seg = 0;
   G.n_blk = 0;
-  // labels first: with the in-place form (out == ids) the originals are still in place here
-  for (int i = 0; i < ns; ++i) {
-    const T v = ids[G.sdst[i]];
-    lab[G.sdst[i]] = static_cast<TO>(v);
-    G.sval[i] = static_cast<int64_t>(v);
-  }
   if (P.t_mask >= kOne) {
     for (int i = 0; i < ns; ++i) out[G.sdst[i]] = static_cast<TO>(P.mask_token_id);
     return;
