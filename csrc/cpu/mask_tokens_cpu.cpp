@@ -466,22 +466,6 @@ MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE void store16(TO* p, __mmask16 lanes, __m512
   }
 }
 
-// The selection draws of 16 tokens from four Philox blocks: block b gives tokens 4b..4b+3 its
-// (x, y, z, w), so the 4x4 (block, word) matrix is transposed.
-MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE __m512i draws16(const uint32_t* rx, const uint32_t* ry,
-                                                     const uint32_t* rz, const uint32_t* rw) {
-  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rx));
-  const __m128i y = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ry));
-  const __m128i z = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rz));
-  const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rw));
-  const __m128i xy0 = _mm_unpacklo_epi32(x, y), zw0 = _mm_unpacklo_epi32(z, w);
-  const __m128i xy1 = _mm_unpackhi_epi32(x, y), zw1 = _mm_unpackhi_epi32(z, w);
-  __m512i u = _mm512_castsi128_si512(_mm_unpacklo_epi64(xy0, zw0));
-  u = _mm512_inserti32x4(u, _mm_unpackhi_epi64(xy0, zw0), 1);
-  u = _mm512_inserti32x4(u, _mm_unpacklo_epi64(xy1, zw1), 2);
-  return _mm512_inserti32x4(u, _mm_unpackhi_epi64(xy1, zw1), 3);
-}
-
 // The AVX-512 path for rows without word ids or POS classes and short special lists. Rows go
 // in segments of up to kChunk tokens, and segments are gathered into groups: the selection
 // draws of a whole group are one Philox batch and the 80/10/10 draws of its selected tokens
@@ -504,11 +488,10 @@ struct GroupSegment {
 };
 
 // Per-thread working memory of a group (~50 KB, allocated once per thread). The counters and
-// draws have 16 entries of slack: whole-vector stores and draws16 may run past the last block.
+// draws have 16 entries (blocks) of slack: whole-vector stores and loads may run past the last.
 struct GroupScratch {
   alignas(64) uint32_t ctr[kGroupBlocks + 16], c2[kGroupBlocks + 16], c3[kGroupBlocks + 16];
-  alignas(64) uint32_t rx[kGroupBlocks + 16], ry[kGroupBlocks + 16], rz[kGroupBlocks + 16],
-      rw[kGroupBlocks + 16];
+  alignas(64) uint32_t u[4 * (kGroupBlocks + 16)];  // selection draws, in token order
   alignas(64) uint32_t sctr[kGroupSelected + 16], sc2[kGroupSelected + 16],
       sc3[kGroupSelected + 16];
   alignas(64) int32_t sdst[kGroupSelected + 16];
@@ -532,7 +515,7 @@ MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::
                                 const T* ids, TO* out, TO* lab, GroupScratch& G) {
   if (G.n_seg == 0) return;
   namespace pb = philox_batch_detail;
-  pb::avx512_rows(G.n_blk, G.ctr, P.epoch, G.c2, G.c3, ks, G.rx, G.ry, G.rz, G.rw);
+  pb::avx512_rows(G.n_blk, G.ctr, P.epoch, G.c2, G.c3, ks, G.u);
   const __m512i t32 =
       _mm512_set1_epi32(static_cast<int>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu)));
   const bool t_all = P.t_select >= kOne;
@@ -550,10 +533,8 @@ MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::
     const int ns0 = ns;
     for (int g = 0; g <= sg.last_group; ++g) {
       __mmask16 cand = allow[g];
-      if (!t_all) {
-        const int b = sg.blk + 4 * g;
-        cand &= _mm512_cmplt_epu32_mask(draws16(G.rx + b, G.ry + b, G.rz + b, G.rw + b), t32);
-      }
+      if (!t_all)
+        cand &= _mm512_cmplt_epu32_mask(_mm512_loadu_si512(G.u + 4 * sg.blk + 16 * g), t32);
       if (!cand) continue;
       const int64_t at = sg.flat + 16 * g;
       __m512i lo, hi;

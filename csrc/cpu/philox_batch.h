@@ -68,12 +68,46 @@ struct WordPerCounter {
   }
 };
 
+// Where the outputs go. FourArrays: ox[i], oy[i], oz[i], ow[i] = the four words of counter i.
+struct FourArrays {
+  uint32_t *ox, *oy, *oz, *ow;
+  __attribute__((target("avx512f"), always_inline)) inline void put(int at, __mmask8 m, __m512i x,
+                                                                    __m512i y, __m512i z,
+                                                                    __m512i w) const {
+    _mm512_mask_cvtepi64_storeu_epi32(ox + at, m, x);  // the low words of the 64-bit lanes
+    _mm512_mask_cvtepi64_storeu_epi32(oy + at, m, y);
+    _mm512_mask_cvtepi64_storeu_epi32(oz + at, m, z);
+    _mm512_mask_cvtepi64_storeu_epi32(ow + at, m, w);
+  }
+};
+// BlockOrder: u[4 * i + k] = word k (x, y, z, w) of counter i: the four draws of a block side by
+// side, in the order of the tokens they serve (selection draws: token 4 * block + k).
+struct BlockOrder {
+  uint32_t* u;
+  __attribute__((target("avx512f"), always_inline)) static inline __mmask8 pairs(unsigned m) {
+    m = (m | (m << 2)) & 0x33u;  // bit b -> bits 2b and 2b + 1
+    m = (m | (m << 1)) & 0x55u;
+    return static_cast<__mmask8>(m * 3u);
+  }
+  __attribute__((target("avx512f"), always_inline)) inline void put(int at, __mmask8 m, __m512i x,
+                                                                    __m512i y, __m512i z,
+                                                                    __m512i w) const {
+    // (x, y) and (z, w) of each counter as one 64-bit lane, then the lanes interleaved
+    const __m512i xy = _mm512_mask_blend_epi32(0xAAAA, x, _mm512_slli_epi64(y, 32));
+    const __m512i zw = _mm512_mask_blend_epi32(0xAAAA, z, _mm512_slli_epi64(w, 32));
+    const __m512i first = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+    const __m512i second = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    _mm512_mask_storeu_epi64(u + 4 * at, pairs(m & 0xFu), _mm512_permutex2var_epi64(xy, first, zw));
+    _mm512_mask_storeu_epi64(u + 4 * at + 16, pairs(m >> 4),
+                             _mm512_permutex2var_epi64(xy, second, zw));
+  }
+};
+
 // G groups of 8 counters from i on (the last one possibly short: masked loads and stores, so
 // nothing outside [0, n) is touched).
-template <int G, typename W2, typename W3>
+template <int G, typename W2, typename W3, typename Out>
 __attribute__((target("avx512f"), always_inline)) inline void avx512_groups(
-    int i, int n, const uint32_t* c0, uint32_t c1, W2 c2, W3 c3, const Avx512Keys& ks, uint32_t* ox,
-    uint32_t* oy, uint32_t* oz, uint32_t* ow) {
+    int i, int n, const uint32_t* c0, uint32_t c1, W2 c2, W3 c3, const Avx512Keys& ks, Out out) {
   using namespace philox_detail;
   const __m512i m0 = _mm512_set1_epi64(kM0);
   const __m512i m1 = _mm512_set1_epi64(kM1);
@@ -102,31 +136,24 @@ __attribute__((target("avx512f"), always_inline)) inline void avx512_groups(
     }
   }
 #pragma GCC unroll 4
-  for (int g = 0; g < G; ++g) {  // the low words of the 64-bit lanes
-    const int at = i + 8 * g;
-    const __mmask8 m = static_cast<__mmask8>(lanes[g]);
-    _mm512_mask_cvtepi64_storeu_epi32(ox + at, m, x[g]);
-    _mm512_mask_cvtepi64_storeu_epi32(oy + at, m, y[g]);
-    _mm512_mask_cvtepi64_storeu_epi32(oz + at, m, z[g]);
-    _mm512_mask_cvtepi64_storeu_epi32(ow + at, m, w[g]);
-  }
+  for (int g = 0; g < G; ++g)
+    out.put(i + 8 * g, static_cast<__mmask8>(lanes[g]), x[g], y[g], z[g], w[g]);
 }
 
-// out_*[i] = Philox4x32-10((c0[i], c1, c2 at i, c3 at i), ks's key), for i < n.
-template <typename W2, typename W3>
+// Philox4x32-10((c0[i], c1, c2 at i, c3 at i), ks's key) for i < n, into `out`.
+template <typename W2, typename W3, typename Out>
 __attribute__((target("avx512f"))) inline void avx512_run(int n, const uint32_t* c0, uint32_t c1,
                                                           W2 c2, W3 c3, const Avx512Keys& ks,
-                                                          uint32_t* ox, uint32_t* oy, uint32_t* oz,
-                                                          uint32_t* ow) {
+                                                          Out out) {
   int i = 0;
-  for (; n - i > 24; i += 32) avx512_groups<4>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+  for (; n - i > 24; i += 32) avx512_groups<4>(i, n, c0, c1, c2, c3, ks, out);
   switch ((n - i + 7) >> 3) {  // 0 to 24 counters left
     case 3:
-      return avx512_groups<3>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+      return avx512_groups<3>(i, n, c0, c1, c2, c3, ks, out);
     case 2:
-      return avx512_groups<2>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+      return avx512_groups<2>(i, n, c0, c1, c2, c3, ks, out);
     case 1:
-      return avx512_groups<1>(i, n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
+      return avx512_groups<1>(i, n, c0, c1, c2, c3, ks, out);
     default:
       return;
   }
@@ -138,16 +165,22 @@ __attribute__((target("avx512f"))) inline void avx512_keyed(int n, const uint32_
                                                             const Avx512Keys& ks, uint32_t* ox,
                                                             uint32_t* oy, uint32_t* oz,
                                                             uint32_t* ow) {
-  avx512_run(n, c0, c1, SameWord{c2}, SameWord{c3}, ks, ox, oy, oz, ow);
+  avx512_run(n, c0, c1, SameWord{c2}, SameWord{c3}, ks, FourArrays{ox, oy, oz, ow});
 }
 
-// A sample id per counter (c2[i], c3[i]): the draws of many rows in one batch.
+// A sample id per counter (c2[i], c3[i]): the draws of many rows in one batch, as four arrays
+// or in block order (u[4 * i + k], see BlockOrder).
 __attribute__((target("avx512f"))) inline void avx512_rows(int n, const uint32_t* c0, uint32_t c1,
                                                            const uint32_t* c2, const uint32_t* c3,
                                                            const Avx512Keys& ks, uint32_t* ox,
                                                            uint32_t* oy, uint32_t* oz,
                                                            uint32_t* ow) {
-  avx512_run(n, c0, c1, WordPerCounter{c2}, WordPerCounter{c3}, ks, ox, oy, oz, ow);
+  avx512_run(n, c0, c1, WordPerCounter{c2}, WordPerCounter{c3}, ks, FourArrays{ox, oy, oz, ow});
+}
+__attribute__((target("avx512f"))) inline void avx512_rows(int n, const uint32_t* c0, uint32_t c1,
+                                                           const uint32_t* c2, const uint32_t* c3,
+                                                           const Avx512Keys& ks, uint32_t* u) {
+  avx512_run(n, c0, c1, WordPerCounter{c2}, WordPerCounter{c3}, ks, BlockOrder{u});
 }
 
 __attribute__((target("avx512f"))) inline void avx512(int n, const uint32_t* c0, uint32_t c1,
