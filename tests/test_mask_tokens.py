@@ -1083,6 +1083,17 @@ class TestErrors:
         with pytest.raises(RuntimeError, match=r"input_ids\[2, 0\] = -7 is outside the vocabulary"):
             call(ids, mode="exact", word_ids=torch.zeros_like(ids))
 
+    @pytest.mark.parametrize("length", [8, 40])
+    def test_flagged_ids_are_checked(self, length):
+        # No attention mask: every token counts as attended, also the ones special_tokens_mask
+        # flags after the last selectable token (the kernels draw no numbers for those).
+        ids = bert_batch(3, length, seed=73, ragged=False)[0]
+        ids[1, -1] = VOCAB + 3
+        stm = torch.zeros_like(ids)
+        stm[1, length // 2 :] = 1
+        with pytest.raises(RuntimeError, match=rf"input_ids\[1, {length - 1}\] = 30525 is outside"):
+            call(ids, special_tokens_mask=stm)
+
     def test_unattended_ids_are_not_checked(self):
         ids, att = bert_batch(3, 8, seed=72, ragged=False)
         ids[1, 3], att[1, 3] = -1, 0

@@ -470,11 +470,12 @@ MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE void store16(TO* p, __mmask16 lanes, __m512
 // in segments of up to kChunk tokens, and segments are gathered into groups: the selection
 // draws of a whole group are one Philox batch and the 80/10/10 draws of its selected tokens
 // another, so the vector lanes stay full however short the rows are (a row of 80 tokens alone
-// needs 20 blocks and would fill 24 lanes; with its neighbours it fills 20). One pass over 16
-// tokens at a time computes eligibility and the range check in mask registers and copies the
-// ids (widened when TO is wider) with the -100 labels; the selected positions are compressed
-// out of the draws. Same decisions as plain_row, draw for draw. Needs n_random < 2^32 and flat
-// indices below 2^31 (the caller checks).
+// needs 20 blocks and would fill 24 lanes; with its neighbours it fills 20). A segment's draws
+// go up to its last attended token (found from the end, so padding costs no draws); then one
+// pass over 16 tokens at a time computes eligibility and the range check in mask registers,
+// compares the draws, writes the ids (widened when TO is wider) and the labels, and packs the
+// selected tokens for the 80/10/10 step. Same decisions as plain_row, draw for draw. Needs
+// n_random < 2^32 and flat indices below 2^31 (the caller checks).
 constexpr int kGroupBlocks = 256;  // selection blocks (4 tokens each) per group
 constexpr int kGroupSegments = 64;
 constexpr int kGroupSelected = 4 * kGroupBlocks;
@@ -483,8 +484,9 @@ struct GroupSegment {
   int32_t flat;  // flat index of the segment's first token
   uint32_t pos;  // its position relative to the row's first attended token
   uint32_t sid_lo, sid_hi;
-  int32_t blk;         // first selection block in the group's arrays
-  int32_t last_group;  // 16-token groups up to the last selectable one
+  int32_t blk;  // first selection block in the group's arrays
+  int32_t m;    // tokens
+  int32_t mm;   // tokens that have draws (up to the last attended one)
 };
 
 // Per-thread working memory of a group (~50 KB, allocated once per thread). The counters and
@@ -498,7 +500,6 @@ struct GroupScratch {
   alignas(64) uint32_t sx[kGroupSelected], sy[kGroupSelected], sz[kGroupSelected],
       sw[kGroupSelected];
   alignas(64) int64_t sval[kGroupSelected + 16];
-  __mmask16 allow[kGroupSegments * (kChunk / 16)];
   GroupSegment seg[kGroupSegments];
   int n_seg = 0, n_blk = 0;
 };
@@ -509,49 +510,90 @@ inline GroupScratch& group_scratch() {
   return *s;
 }
 
-// The group's draws, decisions and replacements; empties the group.
+// What a group's pass needs besides the scratch: the batch, the constants in registers.
 template <typename T, typename TO>
-MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::Avx512Keys& ks,
-                                const T* ids, TO* out, TO* lab, GroupScratch& G) {
-  if (G.n_seg == 0) return;
+struct GroupPass {
+  const MaskInputs& in;
+  const MaskParams& P;
+  const T* ids;
+  TO* out;
+  TO* lab;
+  Problems& pr;
+  philox_batch_detail::Avx512Keys ks;  // one key (the seed) for every draw of the batch
+  __m512i vocab, ignore, smin, span, spec[kInlineSpecials];
+};
+
+// The group: its draws, one pass over its tokens, the 80/10/10 step; empties the group.
+template <typename T, typename TO>
+MLMFAST_AVX512 void run_group(GroupPass<T, TO>& X, GroupScratch& G) {
   namespace pb = philox_batch_detail;
-  pb::avx512_rows(G.n_blk, G.ctr, P.epoch, G.c2, G.c3, ks, G.u);
+  if (G.n_seg == 0) return;
+  const MaskInputs& in = X.in;
+  const MaskParams& P = X.P;
+  pb::avx512_rows(G.n_blk, G.ctr, P.epoch, G.c2, G.c3, X.ks, G.u);
   const __m512i t32 =
       _mm512_set1_epi32(static_cast<int>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu)));
   const bool t_all = P.t_select >= kOne;
   const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i tag = _mm512_set1_epi32(static_cast<int>(kTagReplace));
   const __m512i index_mask = _mm512_set1_epi32(static_cast<int>(kIndexMask));
-  // The selected tokens of each 16-token group: their labels (masked stores of the originals;
-  // with the in-place form, out == ids, the originals are still in place here), and, packed
-  // (compressed in registers, stored whole: the arrays have slack), their flat indices, the
-  // counters of their 80/10/10 draws and their original ids.
+  const int ns_special = P.n_special;  // <= kInlineSpecials here
   int ns = 0;
   for (int s = 0; s < G.n_seg; ++s) {
     const GroupSegment& sg = G.seg[s];
-    const __mmask16* allow = G.allow + s * (kChunk / 16);
     const int ns0 = ns;
-    for (int g = 0; g <= sg.last_group; ++g) {
-      __mmask16 cand = allow[g];
-      if (!t_all)
-        cand &= _mm512_cmplt_epu32_mask(_mm512_loadu_si512(G.u + 4 * sg.blk + 16 * g), t32);
-      if (!cand) continue;
-      const int64_t at = sg.flat + 16 * g;
+    __mmask16 any_bad = 0;
+    for (int q = 0; q < sg.m; q += 16) {
+      const __mmask16 lanes =
+          sg.m - q >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (sg.m - q)) - 1);
+      const int64_t at = sg.flat + q;
       __m512i lo, hi;
-      load16(ids + at, cand, lo, hi);
-      store16(lab + at, cand, lo, hi);
+      load16(X.ids + at, lanes, lo, hi);
+      store16(X.out + at, lanes, lo, hi);
+      __mmask16 cand = 0;
+      const bool drawn = q < sg.mm;  // with an attention mask: nothing attended beyond mm
+      __mmask16 ok = lanes;
+      if (drawn && in.attention) ok &= flags16(in.attention, in.attention_kind, at, lanes);
+      if (drawn || !in.attention) {
+        // an attended id outside [0, vocab_size) (unsigned compare: negatives too)
+        any_bad |= ok & _mm512_kunpackb(_mm512_cmpge_epu64_mask(hi, X.vocab),
+                                        _mm512_cmpge_epu64_mask(lo, X.vocab));
+      }
+      if (drawn) {  // eligible (attended, not flagged, no special id) and drawn under p
+        if (in.special_mask)
+          ok &= static_cast<__mmask16>(~flags16(in.special_mask, in.special_mask_kind, at, lanes));
+        // ids outside [smin, smin + span] are no special id: most groups skip the compares
+        const __mmask16 near =
+            _mm512_kunpackb(_mm512_cmple_epu64_mask(_mm512_sub_epi64(hi, X.smin), X.span),
+                            _mm512_cmple_epu64_mask(_mm512_sub_epi64(lo, X.smin), X.span));
+        if (ok & near) {
+          for (int i = 0; i < ns_special; ++i)
+            ok &= _mm512_kunpackb(_mm512_cmpneq_epi64_mask(hi, X.spec[i]),
+                                  _mm512_cmpneq_epi64_mask(lo, X.spec[i]));
+        }
+        cand = ok;
+        if (!t_all && ok)
+          cand &= _mm512_cmplt_epu32_mask(_mm512_loadu_si512(G.u + 4 * sg.blk + q), t32);
+      }
       const __mmask8 c_lo = static_cast<__mmask8>(cand), c_hi = static_cast<__mmask8>(cand >> 8);
+      store16(X.lab + at, lanes, _mm512_mask_blend_epi64(c_lo, X.ignore, lo),
+              _mm512_mask_blend_epi64(c_hi, X.ignore, hi));
+      if (!cand) continue;
+      // packed (compressed in registers, stored whole: the arrays have slack): the originals,
+      // the counters of their 80/10/10 draws and their flat indices
       const int n_lo = __builtin_popcount(c_lo);
       _mm512_storeu_si512(G.sval + ns, _mm512_maskz_compress_epi64(c_lo, lo));
       _mm512_storeu_si512(G.sval + ns + n_lo, _mm512_maskz_compress_epi64(c_hi, hi));
-      const __m512i pos =
-          _mm512_add_epi32(step, _mm512_set1_epi32(static_cast<int>(sg.pos + 16 * g)));
+      const __m512i pos = _mm512_add_epi32(step, _mm512_set1_epi32(static_cast<int>(sg.pos + q)));
       _mm512_storeu_si512(G.sctr + ns,
                           _mm512_maskz_compress_epi32(
                               cand, _mm512_or_si512(tag, _mm512_and_si512(pos, index_mask))));
       _mm512_storeu_si512(G.sdst + ns, _mm512_maskz_compress_epi32(
                                            cand, _mm512_add_epi32(step, _mm512_set1_epi32(at))));
       ns += n_lo + __builtin_popcount(c_hi);
+    }
+    if (any_bad) {  // noted here, reported after the parallel region
+      for (int64_t j = sg.flat; j < sg.flat + sg.m; ++j) check_token(in, P, j, X.ids[j], X.pr);
     }
     const __m512i c2 = _mm512_set1_epi32(static_cast<int>(sg.sid_lo));
     const __m512i c3 = _mm512_set1_epi32(static_cast<int>(sg.sid_hi));
@@ -563,11 +605,11 @@ MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::
   G.n_seg = 0;
   G.n_blk = 0;
   if (P.t_mask >= kOne) {
-    for (int i = 0; i < ns; ++i) out[G.sdst[i]] = static_cast<TO>(P.mask_token_id);
+    for (int i = 0; i < ns; ++i) X.out[G.sdst[i]] = static_cast<TO>(P.mask_token_id);
     return;
   }
   if (ns == 0 || (P.t_mask == 0 && P.t_random == 0)) return;
-  pb::avx512_rows(ns, G.sctr, P.epoch, G.sc2, G.sc3, ks, G.sx, G.sy, G.sz, G.sw);
+  pb::avx512_rows(ns, G.sctr, P.epoch, G.sc2, G.sc3, X.ks, G.sx, G.sy, G.sz, G.sw);
   // the 80/10/10 decisions, the random ids (multiply-high and the walk over the excluded
   // specials) and the blends, 16 tokens at a time: random_token and replacement, lane for lane
   const uint64_t t_rand = P.t_mask + P.t_random;
@@ -602,7 +644,34 @@ MLMFAST_AVX512 void flush_group(const MaskParams& P, const philox_batch_detail::
       _mm512_storeu_si512(G.sval + i + 8 * h, v);
     }
   }
-  for (int i = 0; i < ns; ++i) out[G.sdst[i]] = static_cast<TO>(G.sval[i]);
+  for (int i = 0; i < ns; ++i) X.out[G.sdst[i]] = static_cast<TO>(G.sval[i]);
+}
+
+// Tokens of the segment at `flat` (m of them) up to the last attended one: they get draws.
+// Without an attention mask, up to the last token that is no special id and not flagged.
+template <typename T, typename TO>
+MLMFAST_AVX512 int drawn_tokens(const GroupPass<T, TO>& X, int64_t flat, int m) {
+  const MaskInputs& in = X.in;
+  for (int q = (m - 1) & ~15; q >= 0; q -= 16) {
+    const __mmask16 lanes =
+        m - q >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (m - q)) - 1);
+    __mmask16 ok;
+    if (in.attention) {
+      ok = flags16(in.attention, in.attention_kind, flat + q, lanes);
+    } else {
+      ok = lanes;
+      if (in.special_mask)
+        ok &= static_cast<__mmask16>(
+            ~flags16(in.special_mask, in.special_mask_kind, flat + q, lanes));
+      __m512i lo, hi;
+      load16(X.ids + flat + q, lanes, lo, hi);
+      for (int i = 0; i < X.P.n_special; ++i)
+        ok &= _mm512_kunpackb(_mm512_cmpneq_epi64_mask(hi, X.spec[i]),
+                              _mm512_cmpneq_epi64_mask(lo, X.spec[i]));
+    }
+    if (ok) return q + 32 - __builtin_clz(static_cast<unsigned>(ok));
+  }
+  return 0;
 }
 
 // Rows [b0, b1) of the batch (bernoulli mode, no word ids or POS classes).
@@ -614,79 +683,36 @@ MLMFAST_AVX512 void plain_rows_avx512(const MaskInputs& in, const MaskParams& P,
   G.n_seg = 0;
   G.n_blk = 0;
   const int64_t L = in.length;
-  const T* ids = static_cast<const T*>(in.ids);
-  pb::Avx512Keys ks;  // one key (the seed) for every draw of the batch
+  GroupPass<T, TO> X{in, P, static_cast<const T*>(in.ids), out, lab, pr};
   pb::avx512_schedule(u32x2{static_cast<uint32_t>(P.seed), static_cast<uint32_t>(P.seed >> 32)},
-                      ks);
-  const __m512i vocab = _mm512_set1_epi64(P.vocab_size);
-  const __m512i ignore = _mm512_set1_epi64(kIgnoreIndex);
-  const int ns_special = P.n_special;  // <= kInlineSpecials here
-  __m512i spec[kInlineSpecials];
-  for (int i = 0; i < ns_special; ++i) spec[i] = _mm512_set1_epi64(P.special[i]);
-  // ids outside [smin, smin + span] are no special id: most groups skip the compares
-  const __m512i smin = _mm512_set1_epi64(ns_special ? P.special[0] : 0);
-  const __m512i span =
-      _mm512_set1_epi64(ns_special ? P.special[ns_special - 1] - P.special[0] : -1);
+                      X.ks);
+  X.vocab = _mm512_set1_epi64(P.vocab_size);
+  X.ignore = _mm512_set1_epi64(kIgnoreIndex);
+  for (int i = 0; i < P.n_special; ++i) X.spec[i] = _mm512_set1_epi64(P.special[i]);
+  X.smin = _mm512_set1_epi64(P.n_special ? P.special[0] : 0);
+  X.span = _mm512_set1_epi64(P.n_special ? P.special[P.n_special - 1] - P.special[0] : -1);
   const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i tag = _mm512_set1_epi32(static_cast<int>(kTagSelect));
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t base = b * L;
     const int64_t start = row_start(in, base, L);
     for (int64_t j = 0; j < start; ++j) {  // left padding: copied, never selected
-      out[base + j] = static_cast<TO>(ids[base + j]);
+      out[base + j] = static_cast<TO>(X.ids[base + j]);
       lab[base + j] = static_cast<TO>(kIgnoreIndex);
     }
     const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
     const int64_t n = L - start;
     for (int64_t c = 0; c < n; c += kChunk) {
-      if (G.n_seg == kGroupSegments || G.n_blk + kChunk / 4 > kGroupBlocks)
-        flush_group(P, ks, ids, out, lab, G);
-      const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
-      const int64_t flat = base + start + c;
-      __mmask16* allow = G.allow + G.n_seg * (kChunk / 16);
-      __mmask16 any_bad = 0;
-      int last_group = -1;
-      for (int g = 0, q = 0; q < m; ++g, q += 16) {
-        const __mmask16 lanes =
-            m - q >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (m - q)) - 1);
-        __m512i lo, hi;
-        load16(ids + flat + q, lanes, lo, hi);
-        __mmask16 ok = lanes;
-        if (in.attention) ok &= flags16(in.attention, in.attention_kind, flat + q, lanes);
-        // an attended id outside [0, vocab_size) (unsigned compare: negatives too)
-        any_bad |= ok & _mm512_kunpackb(_mm512_cmpge_epu64_mask(hi, vocab),
-                                        _mm512_cmpge_epu64_mask(lo, vocab));
-        if (in.special_mask)
-          ok &= static_cast<__mmask16>(
-              ~flags16(in.special_mask, in.special_mask_kind, flat + q, lanes));
-        const __mmask16 near =
-            _mm512_kunpackb(_mm512_cmple_epu64_mask(_mm512_sub_epi64(hi, smin), span),
-                            _mm512_cmple_epu64_mask(_mm512_sub_epi64(lo, smin), span));
-        if (ok & near) {
-          for (int i = 0; i < ns_special; ++i)
-            ok &= _mm512_kunpackb(_mm512_cmpneq_epi64_mask(hi, spec[i]),
-                                  _mm512_cmpneq_epi64_mask(lo, spec[i]));
-        }
-        allow[g] = ok;
-        if (ok) last_group = g;
-        store16(out + flat + q, lanes, lo, hi);
-        store16(lab + flat + q, lanes, ignore, ignore);
-      }
-      if (any_bad) {  // noted here, reported after the parallel region
-        for (int64_t j = flat; j < flat + m; ++j) check_token(in, P, j, ids[j], pr);
-      }
-      if (last_group < 0) continue;
-      // draws up to the last selectable token only (padding costs none)
-      const int mm =
-          16 * last_group + (32 - __builtin_clz(static_cast<unsigned>(allow[last_group])));
-      const int nb = (mm + 3) >> 2;
+      if (G.n_seg == kGroupSegments || G.n_blk + kChunk / 4 > kGroupBlocks) run_group(X, G);
       GroupSegment& sg = G.seg[G.n_seg++];
-      sg.flat = static_cast<int32_t>(flat);
+      sg.flat = static_cast<int32_t>(base + start + c);
       sg.pos = static_cast<uint32_t>(c);
       sg.sid_lo = static_cast<uint32_t>(sid);
       sg.sid_hi = static_cast<uint32_t>(sid >> 32);
       sg.blk = G.n_blk;
-      sg.last_group = last_group;
+      sg.m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+      sg.mm = drawn_tokens(X, sg.flat, sg.m);
+      const int nb = (sg.mm + 3) >> 2;
       const __m512i b0v = _mm512_set1_epi32(static_cast<int>(c >> 2));
       const __m512i lo_w = _mm512_set1_epi32(static_cast<int>(sg.sid_lo));
       const __m512i hi_w = _mm512_set1_epi32(static_cast<int>(sg.sid_hi));
@@ -699,7 +725,7 @@ MLMFAST_AVX512 void plain_rows_avx512(const MaskInputs& in, const MaskParams& P,
       G.n_blk += nb;
     }
   }
-  flush_group(P, ks, ids, out, lab, G);
+  run_group(X, G);
 }
 #pragma GCC diagnostic pop
 #endif
