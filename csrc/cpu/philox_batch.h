@@ -192,45 +192,67 @@ __attribute__((target("avx512f"))) inline void avx512(int n, const uint32_t* c0,
   avx512_keyed(n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
 }
 
-__attribute__((target("avx2"))) inline void avx2(int n, const uint32_t* c0, uint32_t c1,
-                                                 uint32_t c2, uint32_t c3, u32x2 key, uint32_t* ox,
-                                                 uint32_t* oy, uint32_t* oz, uint32_t* ow) {
+// G groups of 8 counters at c0 (32-bit lanes: even and odd lanes multiply separately), the
+// groups interleaved round by round so that one group's multiplies overlap the other's.
+template <int G>
+__attribute__((target("avx2"), always_inline)) inline void avx2_groups(const uint32_t* c0,
+                                                                       uint32_t c1, uint32_t c2,
+                                                                       uint32_t c3, u32x2 key,
+                                                                       uint32_t* ox, uint32_t* oy,
+                                                                       uint32_t* oz, uint32_t* ow) {
   using namespace philox_detail;
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kM1));
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + i));
-    __m256i y = _mm256_set1_epi32(static_cast<int>(c1));
-    __m256i z = _mm256_set1_epi32(static_cast<int>(c2));
-    __m256i w = _mm256_set1_epi32(static_cast<int>(c3));
-    uint32_t k0 = key.x, k1 = key.y;
-    for (int r = 0; r < 10; ++r) {
-      const __m256i pe0 = _mm256_mul_epu32(x, m0);
-      const __m256i po0 = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m0);
-      const __m256i pe1 = _mm256_mul_epu32(z, m1);
-      const __m256i po1 = _mm256_mul_epu32(_mm256_srli_epi64(z, 32), m1);
+  __m256i x[G], y[G], z[G], w[G];
+  for (int g = 0; g < G; ++g) {
+    x[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + 8 * g));
+    y[g] = _mm256_set1_epi32(static_cast<int>(c1));
+    z[g] = _mm256_set1_epi32(static_cast<int>(c2));
+    w[g] = _mm256_set1_epi32(static_cast<int>(c3));
+  }
+  uint32_t k0 = key.x, k1 = key.y;
+  for (int r = 0; r < 10; ++r, k0 += kW0, k1 += kW1) {
+    const __m256i kx = _mm256_set1_epi32(static_cast<int>(k0));
+    const __m256i kz = _mm256_set1_epi32(static_cast<int>(k1));
+#pragma GCC unroll 2
+    for (int g = 0; g < G; ++g) {
+      const __m256i pe0 = _mm256_mul_epu32(x[g], m0);
+      const __m256i po0 = _mm256_mul_epu32(_mm256_srli_epi64(x[g], 32), m0);
+      const __m256i pe1 = _mm256_mul_epu32(z[g], m1);
+      const __m256i po1 = _mm256_mul_epu32(_mm256_srli_epi64(z[g], 32), m1);
       const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
       const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
       const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
       const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
-      x = _mm256_xor_si256(_mm256_xor_si256(hi1, y), _mm256_set1_epi32(static_cast<int>(k0)));
-      z = _mm256_xor_si256(_mm256_xor_si256(hi0, w), _mm256_set1_epi32(static_cast<int>(k1)));
-      y = lo1;
-      w = lo0;
-      k0 += kW0;
-      k1 += kW1;
+      x[g] = _mm256_xor_si256(_mm256_xor_si256(hi1, y[g]), kx);
+      z[g] = _mm256_xor_si256(_mm256_xor_si256(hi0, w[g]), kz);
+      y[g] = lo1;
+      w[g] = lo0;
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ox + i), x);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oy + i), y);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oz + i), z);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ow + i), w);
+  }
+  for (int g = 0; g < G; ++g) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ox + 8 * g), x[g]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oy + 8 * g), y[g]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oz + 8 * g), z[g]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ow + 8 * g), w[g]);
+  }
+}
+
+__attribute__((target("avx2"))) inline void avx2(int n, const uint32_t* c0, uint32_t c1,
+                                                 uint32_t c2, uint32_t c3, u32x2 key, uint32_t* ox,
+                                                 uint32_t* oy, uint32_t* oz, uint32_t* ow) {
+  int i = 0;
+  for (; i + 16 <= n; i += 16)
+    avx2_groups<2>(c0 + i, c1, c2, c3, key, ox + i, oy + i, oz + i, ow + i);
+  if (i + 8 <= n) {
+    avx2_groups<1>(c0 + i, c1, c2, c3, key, ox + i, oy + i, oz + i, ow + i);
+    i += 8;
   }
   if (i < n) {  // the tail as one padded vector
     alignas(32) uint32_t c[8] = {}, x[8], y[8], z[8], w[8];
     const int r = n - i;
     std::memcpy(c, c0 + i, sizeof(uint32_t) * r);
-    avx2(8, c, c1, c2, c3, key, x, y, z, w);
+    avx2_groups<1>(c, c1, c2, c3, key, x, y, z, w);
     std::memcpy(ox + i, x, sizeof(uint32_t) * r);
     std::memcpy(oy + i, y, sizeof(uint32_t) * r);
     std::memcpy(oz + i, z, sizeof(uint32_t) * r);
