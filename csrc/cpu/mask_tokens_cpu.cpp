@@ -844,6 +844,98 @@ void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T
   }
 }
 
+// The k smallest of `keys` (distinct) moved to its front, in any order. A radix step on the top
+// 6 bits (the draws are uniform: ~n/64 keys per bucket) finds the bucket holding the k-th
+// smallest; only that bucket is partially sorted. Branch-light, unlike nth_element over the
+// whole row, whose compares of random keys mispredict half of the time.
+inline void smallest_first(std::vector<uint64_t>& keys, uint64_t k, std::vector<uint64_t>& spill) {
+  uint32_t hist[64] = {};
+  for (const uint64_t key : keys) ++hist[key >> 58];
+  uint64_t below = 0;
+  int edge = 0;
+  while (below + hist[edge] < k) below += hist[edge++];
+  spill.clear();
+  size_t w = 0;
+  for (const uint64_t key : keys) {
+    const int b = static_cast<int>(key >> 58);
+    if (b < edge)
+      keys[w++] = key;  // w <= the index being read: nothing unread is overwritten
+    else if (b == edge)
+      spill.push_back(key);
+  }
+  const uint64_t need = k - below;  // 1 .. hist[edge]
+  // the need-th smallest at need - 1, the smaller ones in front of it
+  std::nth_element(spill.begin(), spill.begin() + static_cast<int64_t>(need - 1), spill.end());
+  std::copy(spill.begin(), spill.begin() + static_cast<int64_t>(need), keys.begin() + w);
+}
+
+// Exact mode without word ids or POS classes: every unit is one token with the same threshold,
+// so the ranking of masking.h (u / t, ties by position) is the order of (u, position) and the
+// budget takes the k smallest of those keys (nth_element on packed 64-bit keys). The draws come
+// in vectorised Philox batches; same selection and replacements as exact_row, draw for draw.
+template <typename T, typename TO>
+void exact_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out,
+                     TO* lab, Problems& pr, std::vector<uint64_t>& keys,
+                     std::vector<uint64_t>& spill) {
+  alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
+  alignas(64) uint8_t allow[kChunk];
+  const int64_t L = in.length;
+  const int64_t base = r.row * L;
+  const u32x2 key{r.key.seed_lo, r.key.seed_hi};
+  const uint32_t sid_lo = static_cast<uint32_t>(r.key.sample_id);
+  const uint32_t sid_hi = static_cast<uint32_t>(r.key.sample_id >> 32);
+  for (int64_t j = 0; j < L; ++j) {
+    out[j] = static_cast<TO>(r.ids[j]);
+    lab[j] = static_cast<TO>(kIgnoreIndex);
+  }
+  keys.clear();
+  const int64_t n = L - r.start;
+  const bool long_specials = P.n_special > kInlineSpecials;  // not tested by scan_chunk
+  for (int64_t c = 0; c < n; c += kChunk) {  // eligibility and the selection draws, by chunk
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+    const T* ids = r.ids + r.start + c;
+    const int64_t off = base + r.start + c;
+    const ChunkScan scan = scan_chunk(m, ids, in, off, P, allow);
+    if (scan.bad) {  // noted here, reported after the parallel region
+      for (int q = 0; q < m; ++q) check_token(in, P, off + q, ids[q], pr);
+    }
+    if (P.t_select == 0 || scan.last == 0) continue;
+    const int nb = (scan.last + 3) >> 2;
+    for (int i = 0; i < nb; ++i)
+      ctr[i] = kTagSelect | ((static_cast<uint32_t>(c >> 2) + i) & kIndexMask);
+    philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, key, rx, ry, rz, rw);
+    for (int q = 0; q < scan.last; ++q) {
+      if (!allow[q] || (long_specials && is_special(P, static_cast<int64_t>(ids[q])))) continue;
+      const int b = q >> 2;
+      const uint32_t u = (q & 3) == 0 ? rx[b] : (q & 3) == 1 ? ry[b] : (q & 3) == 2 ? rz[b] : rw[b];
+      keys.push_back(static_cast<uint64_t>(u) << 32 | static_cast<uint64_t>(c + q));
+    }
+  }
+  const uint64_t units = keys.size();
+  const uint64_t k = std::min<uint64_t>(exact_budget(units * P.t_select, units > 0), units);
+  if (k == 0) return;
+  if (k < units) smallest_first(keys, k, spill);
+  // the k selected: labels, then their 80/10/10 draws in batches
+  const uint64_t t_rand = P.t_mask + P.t_random;
+  const bool draws = P.t_mask < kOne && (P.t_mask > 0 || P.t_random > 0);
+  for (uint64_t s = 0; s < k; s += kChunk) {
+    const int ns = static_cast<int>(std::min<uint64_t>(kChunk, k - s));
+    for (int i = 0; i < ns; ++i) {
+      const uint32_t rel = static_cast<uint32_t>(keys[s + i]);
+      ctr[i] = kTagReplace | (rel & kIndexMask);
+      lab[r.start + rel] = static_cast<TO>(r.ids[r.start + rel]);
+    }
+    if (draws) philox_batch(ns, ctr, r.key.epoch, sid_lo, sid_hi, key, rx, ry, rz, rw);
+    for (int i = 0; i < ns; ++i) {
+      const int64_t j = r.start + static_cast<uint32_t>(keys[s + i]);
+      if (P.t_mask >= kOne || (draws && hits(rx[i], P.t_mask)))
+        out[j] = static_cast<TO>(P.mask_token_id);
+      else if (draws && hits(rx[i], t_rand))
+        out[j] = static_cast<TO>(random_token(P, ry[i]));
+    }
+  }
+}
+
 template <typename T, typename TO>
 void run_cpu(const MaskInputs& in, const MaskParams& P0, TO* out, TO* lab) {
   const int64_t B = in.batch, L = in.length;
@@ -868,13 +960,16 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, TO* out, TO* lab) {
     std::vector<std::pair<int64_t, int64_t>> words;
     std::vector<uint8_t> taken;
     std::vector<int32_t> order;
+    std::vector<uint64_t> keys, spill;
     for (int64_t b = b0; b < b1; ++b) {
       const T* ids = static_cast<const T*>(in.ids) + b * L;
       const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
       RowView<T> r{ids, b, row_start(in, b * L, L), row_key(P.seed, P.epoch, sid)};
       TO* o = out + b * L;
       TO* l = lab + b * L;
-      if (in.exact) {
+      if (in.exact && !in.word_ids && P.n_pos == 0) {
+        exact_row_plain(in, P, r, o, l, pr, keys, spill);
+      } else if (in.exact) {
         exact_row(in, P, r, o, l, pr, units, unit_of, words, taken, order);
       } else if (!in.word_ids && P.n_pos == 0) {
         bernoulli_row_plain(in, P, r, o, l, pr);
