@@ -1144,6 +1144,16 @@ class TestErrors:
         with pytest.raises(RuntimeError, match=r"pos_ids\[1, 5\] = 3 has no entry in pos_probs"):
             call(pos_ids=pos, pos_probs=[0.1, 0.2, 0.3])
 
+    def test_pos_class_beyond_table_in_left_padding(self):
+        # Classes are checked on every token, also unattended ones before the first attended.
+        ids = bert_batch(2, 8, seed=74, ragged=False)[0]
+        att = torch.ones_like(ids)
+        att[1, :3] = 0
+        pos = torch.zeros(2, 8, dtype=torch.uint8)
+        pos[1, 1] = 5
+        with pytest.raises(RuntimeError, match=r"pos_ids\[1, 1\] = 5 has no entry in pos_probs"):
+            call(ids, attention_mask=att, pos_ids=pos, pos_probs=[0.1, 0.2, 0.3])
+
     def test_pos_ids_dtype(self):
         with pytest.raises(RuntimeError, match="pos_ids must be uint8"):
             call(pos_ids=torch.zeros(2, 8, dtype=torch.long), pos_probs=[0.1])

@@ -73,48 +73,6 @@ inline void check_token(const MaskInputs& in, const MaskParams& P, int64_t flat,
   }
 }
 
-// Bernoulli mode: every eligible token (or word) independently with its threshold.
-// T: the ids' type; TO: the outputs' (T, or int64 for int32 ids).
-template <typename T, typename TO>
-void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out, TO* lab,
-                   Problems& pr) {
-  const int64_t L = in.length;
-  const int64_t base = r.row * L;
-  int64_t cached_block = -1;
-  u32x4 block{};
-  int64_t cached_word_block = -1;  // consecutive word ids share a Philox block (4 per call)
-  u32x4 word_block{};
-  for (int64_t j = 0; j < L; ++j) {
-    const int64_t flat = base + j;
-    const T id = r.ids[j];
-    check_token(in, P, flat, id, pr);
-    bool selected = false;
-    const int64_t rel = j - r.start;
-    if (rel >= 0 && token_eligible(in, P, flat, id)) {
-      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[flat] : 0);
-      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
-      uint32_t u;
-      if (w >= 0) {
-        const uint32_t w32 = static_cast<uint32_t>(w);
-        if (static_cast<int64_t>(w32 >> 2) != cached_word_block) {
-          cached_word_block = w32 >> 2;
-          word_block = word_draws(r.key, w32 >> 2);
-        }
-        u = lane(word_block, static_cast<int>(w32 & 3u));
-      } else {
-        const int64_t b = rel >> 2;
-        if (b != cached_block) {
-          cached_block = b;
-          block = select_block(r.key, static_cast<uint32_t>(b));
-        }
-        u = lane(block, static_cast<int>(rel & 3));
-      }
-      selected = hits(u, t);
-    }
-    emit(P, r.key, selected, static_cast<uint32_t>(rel), id, out[j], lab[j]);
-  }
-}
-
 // The per-chunk loops are written once and compiled twice, for the baseline ISA and for AVX2
 // (picked at run time): compares of int64 ids and masks only vectorise with AVX2.
 #define MLMFAST_ALWAYS_INLINE __attribute__((always_inline)) inline
@@ -729,6 +687,80 @@ MLMFAST_AVX512 void plain_rows_avx512(const MaskInputs& in, const MaskParams& P,
 }
 #pragma GCC diagnostic pop
 #endif
+
+// Bernoulli mode with word ids and/or POS classes: every eligible token (or word) independently
+// with its threshold. Eligibility by the vectorised chunk scan, the draws of a word shared by
+// its tokens (one Philox block per 4 word ids, cached), the 80/10/10 draws of a chunk's selected
+// tokens as one batch. T: the ids' type; TO: the outputs' (T, or int64 for int32 ids).
+template <typename T, typename TO>
+void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out, TO* lab,
+                   Problems& pr) {
+  alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
+  alignas(64) uint8_t allow[kChunk];
+  alignas(64) int32_t sel[kChunk];
+  const int64_t L = in.length;
+  const int64_t base = r.row * L;
+  for (int64_t j = 0; j < L; ++j) {
+    out[j] = static_cast<TO>(r.ids[j]);
+    lab[j] = static_cast<TO>(kIgnoreIndex);
+  }
+  // POS classes and word ids are checked on every token (attended or not), ids where attended
+  bool suspect = false;
+  if (in.pos_ids) {
+    for (int64_t j = 0; j < L; ++j) suspect |= in.pos_ids[base + j] >= P.n_pos;
+  }
+  if (in.word_ids) {
+    for (int64_t j = 0; j < L; ++j)
+      suspect |= load_word(in.word_ids, in.word_kind, base + j) > int64_t(0xFFFFFFFF);
+  }
+  if (suspect) {  // noted here, reported after the parallel region
+    for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
+  }
+  const bool long_specials = P.n_special > kInlineSpecials;  // not tested by scan_chunk
+  const T* ids = r.ids + r.start;
+  int64_t cached_block = -1;
+  u32x4 block{};
+  int64_t cached_word_block = -1;  // consecutive word ids share a Philox block (4 per call)
+  u32x4 word_block{};
+  const int64_t n = L - r.start;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+    const int64_t off = base + r.start + c;
+    const ChunkScan scan = scan_chunk(m, ids + c, in, off, P, allow);
+    if (scan.bad && !suspect) {
+      for (int q = 0; q < m; ++q) check_token(in, P, off + q, ids[c + q], pr);
+    }
+    int ns = 0;
+    for (int q = 0; q < scan.last; ++q) {
+      if (!allow[q] || (long_specials && is_special(P, static_cast<int64_t>(ids[c + q])))) continue;
+      const int64_t flat = off + q;
+      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[flat] : 0);
+      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
+      uint32_t u;
+      if (w >= 0) {
+        const uint32_t w32 = static_cast<uint32_t>(w);
+        if (static_cast<int64_t>(w32 >> 2) != cached_word_block) {
+          cached_word_block = w32 >> 2;
+          word_block = word_draws(r.key, w32 >> 2);
+        }
+        u = lane(word_block, static_cast<int>(w32 & 3u));
+      } else {
+        const int64_t rel = c + q;
+        const int64_t b = rel >> 2;
+        if (b != cached_block) {
+          cached_block = b;
+          block = select_block(r.key, static_cast<uint32_t>(b));
+        }
+        u = lane(block, static_cast<int>(rel & 3));
+      }
+      sel[ns] = q;
+      ns += hits(u, t);
+    }
+    if (ns)
+      replace_selected(P, r.key, ids, c, sel, ns, out + r.start, lab + r.start, ctr, rx, ry, rz,
+                       rw);
+  }
+}
 
 template <typename T, typename TO>
 void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out,
