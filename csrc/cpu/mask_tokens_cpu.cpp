@@ -73,6 +73,15 @@ inline void check_token(const MaskInputs& in, const MaskParams& P, int64_t flat,
   }
 }
 
+// Tokens that stay as they are: ids copied (widened when TO is wider), labels -100.
+template <typename T, typename TO>
+inline void pass_through(const T* ids, int64_t n, TO* o, TO* l) {
+  for (int64_t j = 0; j < n; ++j) {
+    o[j] = static_cast<TO>(ids[j]);
+    l[j] = static_cast<TO>(kIgnoreIndex);
+  }
+}
+
 // The per-chunk loops are written once and compiled twice, for the baseline ISA and for AVX2
 // (picked at run time): compares of int64 ids and masks only vectorise with AVX2.
 #define MLMFAST_ALWAYS_INLINE __attribute__((always_inline)) inline
@@ -211,6 +220,23 @@ ChunkScan scan_chunk(int m, const T* idb, const MaskInputs& in, int64_t off, con
   if (use_avx2()) return scan_chunk_avx2(m, idb, in, off, P, allow);
 #endif
   return scan_chunk_body(m, idb, in, off, P, allow);
+}
+
+// scan_chunk for the per-token paths: allow[q] = eligible, special ids tested for lists of any
+// length; ids outside the vocabulary noted in `pr` unless the caller has checked the row
+// (`checked`). Returns 1 + the last token that may be selected (0 if none).
+template <typename T>
+int eligible_chunk(int m, const T* ids, const MaskInputs& in, int64_t off, const MaskParams& P,
+                   uint8_t* allow, bool checked, Problems& pr) {
+  const ChunkScan scan = scan_chunk(m, ids, in, off, P, allow);
+  if (scan.bad && !checked) {  // noted here, reported after the parallel region
+    for (int q = 0; q < m; ++q) check_token(in, P, off + q, ids[q], pr);
+  }
+  if (P.n_special > kInlineSpecials) {  // not tested by scan_chunk
+    for (int q = 0; q < scan.last; ++q)
+      allow[q] &= static_cast<uint8_t>(!is_special(P, static_cast<int64_t>(ids[q])));
+  }
+  return scan.last;
 }
 
 // sel[0..ns) = the q < m with cand[q] (and not a special id, for long special lists).
@@ -481,6 +507,17 @@ struct GroupPass {
   __m512i vocab, ignore, smin, span, spec[kInlineSpecials];
 };
 
+// Lanes of 16 ids (lo, hi: 8 each) that are none of the (<= kInlineSpecials) special ids.
+template <typename T, typename TO>
+MLMFAST_AVX512 MLMFAST_ALWAYS_INLINE __mmask16 not_special16(const GroupPass<T, TO>& X, __m512i lo,
+                                                             __m512i hi) {
+  __mmask16 ok = 0xFFFF;
+  for (int i = 0; i < X.P.n_special; ++i)
+    ok &= _mm512_kunpackb(_mm512_cmpneq_epi64_mask(hi, X.spec[i]),
+                          _mm512_cmpneq_epi64_mask(lo, X.spec[i]));
+  return ok;
+}
+
 // The group: its draws, one pass over its tokens, the 80/10/10 step; empties the group.
 template <typename T, typename TO>
 MLMFAST_AVX512 void run_group(GroupPass<T, TO>& X, GroupScratch& G) {
@@ -495,7 +532,6 @@ MLMFAST_AVX512 void run_group(GroupPass<T, TO>& X, GroupScratch& G) {
   const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i tag = _mm512_set1_epi32(static_cast<int>(kTagReplace));
   const __m512i index_mask = _mm512_set1_epi32(static_cast<int>(kIndexMask));
-  const int ns_special = P.n_special;  // <= kInlineSpecials here
   int ns = 0;
   for (int s = 0; s < G.n_seg; ++s) {
     const GroupSegment& sg = G.seg[s];
@@ -524,11 +560,7 @@ MLMFAST_AVX512 void run_group(GroupPass<T, TO>& X, GroupScratch& G) {
         const __mmask16 near =
             _mm512_kunpackb(_mm512_cmple_epu64_mask(_mm512_sub_epi64(hi, X.smin), X.span),
                             _mm512_cmple_epu64_mask(_mm512_sub_epi64(lo, X.smin), X.span));
-        if (ok & near) {
-          for (int i = 0; i < ns_special; ++i)
-            ok &= _mm512_kunpackb(_mm512_cmpneq_epi64_mask(hi, X.spec[i]),
-                                  _mm512_cmpneq_epi64_mask(lo, X.spec[i]));
-        }
+        if (ok & near) ok &= not_special16(X, lo, hi);
         cand = ok;
         if (!t_all && ok)
           cand &= _mm512_cmplt_epu32_mask(_mm512_loadu_si512(G.u + 4 * sg.blk + q), t32);
@@ -623,9 +655,7 @@ MLMFAST_AVX512 int drawn_tokens(const GroupPass<T, TO>& X, int64_t flat, int m) 
             ~flags16(in.special_mask, in.special_mask_kind, flat + q, lanes));
       __m512i lo, hi;
       load16(X.ids + flat + q, lanes, lo, hi);
-      for (int i = 0; i < X.P.n_special; ++i)
-        ok &= _mm512_kunpackb(_mm512_cmpneq_epi64_mask(hi, X.spec[i]),
-                              _mm512_cmpneq_epi64_mask(lo, X.spec[i]));
+      ok &= not_special16(X, lo, hi);
     }
     if (ok) return q + 32 - __builtin_clz(static_cast<unsigned>(ok));
   }
@@ -654,10 +684,7 @@ MLMFAST_AVX512 void plain_rows_avx512(const MaskInputs& in, const MaskParams& P,
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t base = b * L;
     const int64_t start = row_start(in, base, L);
-    for (int64_t j = 0; j < start; ++j) {  // left padding: copied, never selected
-      out[base + j] = static_cast<TO>(X.ids[base + j]);
-      lab[base + j] = static_cast<TO>(kIgnoreIndex);
-    }
+    pass_through(X.ids + base, start, out + base, lab + base);  // left padding
     const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
     const int64_t n = L - start;
     for (int64_t c = 0; c < n; c += kChunk) {
@@ -700,10 +727,7 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   alignas(64) int32_t sel[kChunk];
   const int64_t L = in.length;
   const int64_t base = r.row * L;
-  for (int64_t j = 0; j < L; ++j) {
-    out[j] = static_cast<TO>(r.ids[j]);
-    lab[j] = static_cast<TO>(kIgnoreIndex);
-  }
+  pass_through(r.ids, L, out, lab);
   // POS classes and word ids are checked on every token (attended or not), ids where attended
   bool suspect = false;
   if (in.pos_ids) {
@@ -716,7 +740,6 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   if (suspect) {  // noted here, reported after the parallel region
     for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
   }
-  const bool long_specials = P.n_special > kInlineSpecials;  // not tested by scan_chunk
   const T* ids = r.ids + r.start;
   int64_t cached_block = -1;
   u32x4 block{};
@@ -726,13 +749,10 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int64_t off = base + r.start + c;
-    const ChunkScan scan = scan_chunk(m, ids + c, in, off, P, allow);
-    if (scan.bad && !suspect) {
-      for (int q = 0; q < m; ++q) check_token(in, P, off + q, ids[c + q], pr);
-    }
+    const int last = eligible_chunk(m, ids + c, in, off, P, allow, suspect, pr);
     int ns = 0;
-    for (int q = 0; q < scan.last; ++q) {
-      if (!allow[q] || (long_specials && is_special(P, static_cast<int64_t>(ids[c + q])))) continue;
+    for (int q = 0; q < last; ++q) {
+      if (!allow[q]) continue;
       const int64_t flat = off + q;
       const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[flat] : 0);
       const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
@@ -767,8 +787,7 @@ void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowVie
                          TO* lab, Problems& pr) {
   const int64_t L = in.length;
   const int64_t base = r.row * L;
-  for (int64_t j = 0; j < r.start; ++j) out[j] = static_cast<TO>(r.ids[j]);
-  std::fill(lab, lab + r.start, static_cast<TO>(kIgnoreIndex));
+  pass_through(r.ids, r.start, out, lab);
   bool bad = false;
   plain_row(in, P, r.key, r.ids + r.start, base + r.start, L - r.start, out + r.start,
             lab + r.start, bad);
@@ -903,7 +922,7 @@ inline void smallest_first(std::vector<uint64_t>& keys, uint64_t k, std::vector<
 
 // Exact mode without word ids or POS classes: every unit is one token with the same threshold,
 // so the ranking of masking.h (u / t, ties by position) is the order of (u, position) and the
-// budget takes the k smallest of those keys (nth_element on packed 64-bit keys). The draws come
+// budget takes the k smallest of those keys (packed in 64 bits, smallest_first). The draws come
 // in vectorised Philox batches; same selection and replacements as exact_row, draw for draw.
 template <typename T, typename TO>
 void exact_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out,
@@ -911,33 +930,25 @@ void exact_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>
                      std::vector<uint64_t>& spill) {
   alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
   alignas(64) uint8_t allow[kChunk];
+  alignas(64) int32_t sel[kChunk];
   const int64_t L = in.length;
   const int64_t base = r.row * L;
-  const u32x2 key{r.key.seed_lo, r.key.seed_hi};
-  const uint32_t sid_lo = static_cast<uint32_t>(r.key.sample_id);
-  const uint32_t sid_hi = static_cast<uint32_t>(r.key.sample_id >> 32);
-  for (int64_t j = 0; j < L; ++j) {
-    out[j] = static_cast<TO>(r.ids[j]);
-    lab[j] = static_cast<TO>(kIgnoreIndex);
-  }
+  const T* ids = r.ids + r.start;
+  pass_through(r.ids, L, out, lab);
   keys.clear();
   const int64_t n = L - r.start;
-  const bool long_specials = P.n_special > kInlineSpecials;  // not tested by scan_chunk
   for (int64_t c = 0; c < n; c += kChunk) {  // eligibility and the selection draws, by chunk
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
-    const T* ids = r.ids + r.start + c;
-    const int64_t off = base + r.start + c;
-    const ChunkScan scan = scan_chunk(m, ids, in, off, P, allow);
-    if (scan.bad) {  // noted here, reported after the parallel region
-      for (int q = 0; q < m; ++q) check_token(in, P, off + q, ids[q], pr);
-    }
-    if (P.t_select == 0 || scan.last == 0) continue;
-    const int nb = (scan.last + 3) >> 2;
+    const int last = eligible_chunk(m, ids + c, in, base + r.start + c, P, allow, false, pr);
+    if (P.t_select == 0 || last == 0) continue;
+    const int nb = (last + 3) >> 2;
     for (int i = 0; i < nb; ++i)
       ctr[i] = kTagSelect | ((static_cast<uint32_t>(c >> 2) + i) & kIndexMask);
-    philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, key, rx, ry, rz, rw);
-    for (int q = 0; q < scan.last; ++q) {
-      if (!allow[q] || (long_specials && is_special(P, static_cast<int64_t>(ids[q])))) continue;
+    philox_batch(nb, ctr, r.key.epoch, static_cast<uint32_t>(r.key.sample_id),
+                 static_cast<uint32_t>(r.key.sample_id >> 32), u32x2{r.key.seed_lo, r.key.seed_hi},
+                 rx, ry, rz, rw);
+    for (int q = 0; q < last; ++q) {
+      if (!allow[q]) continue;
       const int b = q >> 2;
       const uint32_t u = (q & 3) == 0 ? rx[b] : (q & 3) == 1 ? ry[b] : (q & 3) == 2 ? rz[b] : rw[b];
       keys.push_back(static_cast<uint64_t>(u) << 32 | static_cast<uint64_t>(c + q));
@@ -945,26 +956,11 @@ void exact_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>
   }
   const uint64_t units = keys.size();
   const uint64_t k = std::min<uint64_t>(exact_budget(units * P.t_select, units > 0), units);
-  if (k == 0) return;
   if (k < units) smallest_first(keys, k, spill);
-  // the k selected: labels, then their 80/10/10 draws in batches
-  const uint64_t t_rand = P.t_mask + P.t_random;
-  const bool draws = P.t_mask < kOne && (P.t_mask > 0 || P.t_random > 0);
-  for (uint64_t s = 0; s < k; s += kChunk) {
+  for (uint64_t s = 0; s < k; s += kChunk) {  // the k selected, a chunk's worth at a time
     const int ns = static_cast<int>(std::min<uint64_t>(kChunk, k - s));
-    for (int i = 0; i < ns; ++i) {
-      const uint32_t rel = static_cast<uint32_t>(keys[s + i]);
-      ctr[i] = kTagReplace | (rel & kIndexMask);
-      lab[r.start + rel] = static_cast<TO>(r.ids[r.start + rel]);
-    }
-    if (draws) philox_batch(ns, ctr, r.key.epoch, sid_lo, sid_hi, key, rx, ry, rz, rw);
-    for (int i = 0; i < ns; ++i) {
-      const int64_t j = r.start + static_cast<uint32_t>(keys[s + i]);
-      if (P.t_mask >= kOne || (draws && hits(rx[i], P.t_mask)))
-        out[j] = static_cast<TO>(P.mask_token_id);
-      else if (draws && hits(rx[i], t_rand))
-        out[j] = static_cast<TO>(random_token(P, ry[i]));
-    }
+    for (int i = 0; i < ns; ++i) sel[i] = static_cast<int32_t>(static_cast<uint32_t>(keys[s + i]));
+    replace_selected(P, r.key, ids, 0, sel, ns, out + r.start, lab + r.start, ctr, rx, ry, rz, rw);
   }
 }
 
