@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -45,7 +44,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _runs import previous_run  # noqa: E402  (experiments/, the script's folder)
+from _runs import machine, previous_run, write_results  # noqa: E402  (experiments/, the script's folder)
 
 from mlmfast.train.finetune import FinetuneConfig, finetune  # noqa: E402
 
@@ -345,12 +344,7 @@ def main(argv=None) -> int:
         + (f" --threads {args.threads}" if args.threads != 1 else ""),
         "settings": {**SETTINGS, "general": GENERAL, "mlm_head": HEAD, "rehearsal": REHEARSAL},
         "data_sizes": "/".join(str(v) for v in full["data"]["sizes"].values()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine(args.threads),
         "mlm_head": full["forgetting"]["head"],
         "runs": runs,
         "drift_full": drift_trend(full["drift"]),
@@ -358,14 +352,7 @@ def main(argv=None) -> int:
         "session_wall_time_s": time.perf_counter() - t0,
     }
     base = os.path.join(args.results, "finetune_study")
-    with open(base + ".json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    with open(base + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown(result))
-    plot(result, base + ".png")
-    plot_layers(result, base + "_drift.png")
-    print(markdown(result))
-    print(f"study: {time.perf_counter() - t0:.0f} s; results in {base}.json/.md/.png")
+    write_results(base, result, markdown, {".png": plot, "_drift.png": plot_layers}, t0)
     return 0
 
 

@@ -37,9 +37,7 @@ whose differences within a few points are noise: one seed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -49,7 +47,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _runs import previous_run  # noqa: E402  (experiments/, the script's folder)
+from _runs import machine, previous_run, write_results  # noqa: E402  (experiments/, the script's folder)
 
 from mlmfast.train.finetune import FinetuneConfig, finetune  # noqa: E402
 from mlmfast.train.mlm import MaskingConfig, evaluate_mlm  # noqa: E402
@@ -312,23 +310,12 @@ def main(argv=None) -> int:
         "settings": dict(SETTINGS),
         "finetune": dict(FINETUNE),
         "data_sizes": data_sizes,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine(args.threads),
         "runs": runs,
         "wall_time_s": time.perf_counter() - t0,
     }
     base = os.path.join(args.results, "masking_study" if not args.only else "masking_study_only")
-    with open(base + ".json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    with open(base + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown(result))
-    plot(result, base + ".png")
-    print(markdown(result))
-    print(f"study: {time.perf_counter() - t0:.0f} s; results in {base}.json/.md/.png")
+    write_results(base, result, markdown, {".png": plot}, t0)
     return 0
 
 
