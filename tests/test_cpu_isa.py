@@ -38,6 +38,19 @@ for trial in range(12):
             raise AssertionError("an id outside the vocabulary passed")
         except RuntimeError as e:
             assert f"input_ids[3, {L - 1}] = 60 is outside" in str(e), str(e)
+    # many short rows (groups of rows fill up by segments, not by draws), left padding, sample
+    # ids, HF-style random replacement (specials allowed) and a 0/1 split
+    B, L = 300, 1 + trial % 9
+    ids = torch.randint(0, 60, (B, L), generator=g)
+    lens = torch.randint(0, L + 1, (B,), generator=g)
+    att = (torch.arange(L) >= L - lens[:, None]).long()
+    kw = dict(mask_token_id=3, vocab_size=60, special_ids=[0, 1, 2, 3], attention_mask=att,
+              seed=trial, mlm_probability=0.5, sample_ids=torch.randint(0, 2**40, (B,), generator=g),
+              exclude_special_from_random=trial % 2 == 0,
+              mask_replace_prob=[0.8, 0.0][trial % 2], random_replace_prob=[0.1, 1.0][trial % 2])
+    for x in (ids, ids.int()):
+        a, b = mlmfast.mask_tokens(x, **kw), R.mask_tokens(x, **kw)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels), trial
     c = torch.randint(0, 2**32, (67, 4), generator=g)
     for n in (1, 7, 8, 16, 17, 67):
         ref = torch.stack(R.philox4x32_10(tuple(c[:n].T), (trial, trial + 1)), dim=1)

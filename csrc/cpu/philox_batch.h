@@ -192,28 +192,84 @@ __attribute__((target("avx512f"))) inline void avx512(int n, const uint32_t* c0,
   avx512_keyed(n, c0, c1, c2, c3, ks, ox, oy, oz, ow);
 }
 
-// G groups of 8 counters at c0 (32-bit lanes: even and odd lanes multiply separately), the
-// groups interleaved round by round so that one group's multiplies overlap the other's.
-template <int G>
-__attribute__((target("avx2"), always_inline)) inline void avx2_groups(const uint32_t* c0,
-                                                                       uint32_t c1, uint32_t c2,
-                                                                       uint32_t c3, u32x2 key,
-                                                                       uint32_t* ox, uint32_t* oy,
-                                                                       uint32_t* oz, uint32_t* ow) {
+// AVX2: eight counters per register in 32-bit lanes (even and odd lanes multiply separately).
+// The round keys of `key`, broadcast, computed once for all the calls that share the key.
+struct Avx2Keys {
+  __m256i k0[10], k1[10];
+};
+
+__attribute__((target("avx2"))) inline void avx2_schedule(u32x2 key, Avx2Keys& ks) {
+  using namespace philox_detail;
+  uint32_t a = key.x, b = key.y;
+  for (int r = 0; r < 10; ++r, a += kW0, b += kW1) {
+    ks.k0[r] = _mm256_set1_epi32(static_cast<int>(a));
+    ks.k1[r] = _mm256_set1_epi32(static_cast<int>(b));
+  }
+}
+
+// Counter words 2 and 3, and the outputs, as for AVX-512 (eight counters from i on, whole
+// vectors).
+struct SameWord8 {
+  uint32_t v;
+  __attribute__((target("avx2"), always_inline)) inline __m256i at(int) const {
+    return _mm256_set1_epi32(static_cast<int>(v));
+  }
+};
+struct WordPerCounter8 {
+  const uint32_t* p;
+  __attribute__((target("avx2"), always_inline)) inline __m256i at(int i) const {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+  }
+};
+struct FourArrays8 {
+  uint32_t *ox, *oy, *oz, *ow;
+  __attribute__((target("avx2"), always_inline)) inline void put(int at, __m256i x, __m256i y,
+                                                                 __m256i z, __m256i w) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ox + at), x);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oy + at), y);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oz + at), z);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ow + at), w);
+  }
+};
+// u[4 * i + k] = word k of counter i (see BlockOrder): a 4 x 8 transpose.
+struct BlockOrder8 {
+  uint32_t* u;
+  __attribute__((target("avx2"), always_inline)) inline void put(int at, __m256i x, __m256i y,
+                                                                 __m256i z, __m256i w) const {
+    const __m256i a = _mm256_unpacklo_epi32(x, y);  // x0 y0 x1 y1 | x4 y4 x5 y5
+    const __m256i b = _mm256_unpackhi_epi32(x, y);  // x2 y2 x3 y3 | x6 y6 x7 y7
+    const __m256i c = _mm256_unpacklo_epi32(z, w);
+    const __m256i d = _mm256_unpackhi_epi32(z, w);
+    const __m256i b04 = _mm256_unpacklo_epi64(a, c);  // block 0 | block 4
+    const __m256i b15 = _mm256_unpackhi_epi64(a, c);
+    const __m256i b26 = _mm256_unpacklo_epi64(b, d);
+    const __m256i b37 = _mm256_unpackhi_epi64(b, d);
+    __m256i* o = reinterpret_cast<__m256i*>(u + 4 * at);
+    _mm256_storeu_si256(o, _mm256_permute2x128_si256(b04, b15, 0x20));
+    _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(b26, b37, 0x20));
+    _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(b04, b15, 0x31));
+    _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(b26, b37, 0x31));
+  }
+};
+
+// G groups of 8 counters from i on, whole vectors, interleaved round by round so that one
+// group's multiplies overlap the other's.
+template <int G, typename W2, typename W3, typename Out>
+__attribute__((target("avx2"), always_inline)) inline void avx2_groups(int i, const uint32_t* c0,
+                                                                       uint32_t c1, W2 c2, W3 c3,
+                                                                       const Avx2Keys& ks,
+                                                                       Out out) {
   using namespace philox_detail;
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kM1));
   __m256i x[G], y[G], z[G], w[G];
   for (int g = 0; g < G; ++g) {
-    x[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + 8 * g));
+    x[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + i + 8 * g));
     y[g] = _mm256_set1_epi32(static_cast<int>(c1));
-    z[g] = _mm256_set1_epi32(static_cast<int>(c2));
-    w[g] = _mm256_set1_epi32(static_cast<int>(c3));
+    z[g] = c2.at(i + 8 * g);
+    w[g] = c3.at(i + 8 * g);
   }
-  uint32_t k0 = key.x, k1 = key.y;
-  for (int r = 0; r < 10; ++r, k0 += kW0, k1 += kW1) {
-    const __m256i kx = _mm256_set1_epi32(static_cast<int>(k0));
-    const __m256i kz = _mm256_set1_epi32(static_cast<int>(k1));
+  for (int r = 0; r < 10; ++r) {
 #pragma GCC unroll 2
     for (int g = 0; g < G; ++g) {
       const __m256i pe0 = _mm256_mul_epu32(x[g], m0);
@@ -224,40 +280,56 @@ __attribute__((target("avx2"), always_inline)) inline void avx2_groups(const uin
       const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
       const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
       const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
-      x[g] = _mm256_xor_si256(_mm256_xor_si256(hi1, y[g]), kx);
-      z[g] = _mm256_xor_si256(_mm256_xor_si256(hi0, w[g]), kz);
+      x[g] = _mm256_xor_si256(_mm256_xor_si256(hi1, y[g]), ks.k0[r]);
+      z[g] = _mm256_xor_si256(_mm256_xor_si256(hi0, w[g]), ks.k1[r]);
       y[g] = lo1;
       w[g] = lo0;
     }
   }
-  for (int g = 0; g < G; ++g) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ox + 8 * g), x[g]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oy + 8 * g), y[g]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oz + 8 * g), z[g]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ow + 8 * g), w[g]);
-  }
+  for (int g = 0; g < G; ++g) out.put(i + 8 * g, x[g], y[g], z[g], w[g]);
+}
+
+// Philox4x32-10((c0[i], c1, c2 at i, c3 at i), ks's key) for i < n rounded up to a multiple of
+// 8: the caller's arrays have room for the whole last vector (inputs read, outputs written).
+template <typename W2, typename W3, typename Out>
+__attribute__((target("avx2"))) inline void avx2_run(int n, const uint32_t* c0, uint32_t c1, W2 c2,
+                                                     W3 c3, const Avx2Keys& ks, Out out) {
+  int i = 0;
+  for (; n - i > 8; i += 16) avx2_groups<2>(i, c0, c1, c2, c3, ks, out);
+  if (i < n) avx2_groups<1>(i, c0, c1, c2, c3, ks, out);
 }
 
 __attribute__((target("avx2"))) inline void avx2(int n, const uint32_t* c0, uint32_t c1,
                                                  uint32_t c2, uint32_t c3, u32x2 key, uint32_t* ox,
                                                  uint32_t* oy, uint32_t* oz, uint32_t* ow) {
-  int i = 0;
-  for (; i + 16 <= n; i += 16)
-    avx2_groups<2>(c0 + i, c1, c2, c3, key, ox + i, oy + i, oz + i, ow + i);
-  if (i + 8 <= n) {
-    avx2_groups<1>(c0 + i, c1, c2, c3, key, ox + i, oy + i, oz + i, ow + i);
-    i += 8;
-  }
-  if (i < n) {  // the tail as one padded vector
+  Avx2Keys ks;
+  avx2_schedule(key, ks);
+  const int whole = n & ~7;
+  avx2_run(whole, c0, c1, SameWord8{c2}, SameWord8{c3}, ks, FourArrays8{ox, oy, oz, ow});
+  if (whole < n) {  // the tail as one padded vector
     alignas(32) uint32_t c[8] = {}, x[8], y[8], z[8], w[8];
-    const int r = n - i;
-    std::memcpy(c, c0 + i, sizeof(uint32_t) * r);
-    avx2_groups<1>(c, c1, c2, c3, key, x, y, z, w);
-    std::memcpy(ox + i, x, sizeof(uint32_t) * r);
-    std::memcpy(oy + i, y, sizeof(uint32_t) * r);
-    std::memcpy(oz + i, z, sizeof(uint32_t) * r);
-    std::memcpy(ow + i, w, sizeof(uint32_t) * r);
+    const int r = n - whole;
+    std::memcpy(c, c0 + whole, sizeof(uint32_t) * r);
+    avx2_groups<1>(0, c, c1, SameWord8{c2}, SameWord8{c3}, ks, FourArrays8{x, y, z, w});
+    std::memcpy(ox + whole, x, sizeof(uint32_t) * r);
+    std::memcpy(oy + whole, y, sizeof(uint32_t) * r);
+    std::memcpy(oz + whole, z, sizeof(uint32_t) * r);
+    std::memcpy(ow + whole, w, sizeof(uint32_t) * r);
   }
+}
+
+// A sample id per counter (c2[i], c3[i]), whole vectors (see avx2_run): as four arrays or in
+// block order.
+__attribute__((target("avx2"))) inline void avx2_rows(int n, const uint32_t* c0, uint32_t c1,
+                                                      const uint32_t* c2, const uint32_t* c3,
+                                                      const Avx2Keys& ks, uint32_t* ox,
+                                                      uint32_t* oy, uint32_t* oz, uint32_t* ow) {
+  avx2_run(n, c0, c1, WordPerCounter8{c2}, WordPerCounter8{c3}, ks, FourArrays8{ox, oy, oz, ow});
+}
+__attribute__((target("avx2"))) inline void avx2_rows(int n, const uint32_t* c0, uint32_t c1,
+                                                      const uint32_t* c2, const uint32_t* c3,
+                                                      const Avx2Keys& ks, uint32_t* u) {
+  avx2_run(n, c0, c1, WordPerCounter8{c2}, WordPerCounter8{c3}, ks, BlockOrder8{u});
 }
 
 enum Isa { kUnknown = 0, kPortable, kAvx2, kAvx512 };
