@@ -74,7 +74,15 @@ void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels);
 using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& out,
                             at::Tensor& labels);
 
-// The schema's arguments after input_ids (and labels for the in-place form), as C++ parameters.
+// The schema's arguments after the tensors (the same for every form of the op), as schema text
+// and as C++ parameters.
+#define MLMFAST_MASK_ARGS                                                                    \
+  "Tensor? attention_mask, Tensor? special_tokens_mask, Tensor? word_ids, Tensor? pos_ids, " \
+  "float[]? pos_probs, Tensor? sample_ids, Tensor? rng_state, int[] special_ids, "           \
+  "float mlm_probability, float mask_replace_prob, float random_replace_prob, "              \
+  "int mask_token_id, int vocab_size, int seed, int epoch, bool exact, "                     \
+  "bool exclude_special_from_random"
+
 #define MLMFAST_MASK_PARAMS                                                                      \
   const c10::optional<at::Tensor>&attention_mask,                                                \
       const c10::optional<at::Tensor>&special_tokens_mask,                                       \

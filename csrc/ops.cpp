@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "mask_tokens.h"
+
 // Importing mlmfast._C from Python loads this shared object, which runs the static
 // registrations below. Besides the ops it exposes only the collation helpers of cpu/collate.cpp
 // (Python's limited API: one abi3 wheel per platform and torch).
@@ -15,13 +17,6 @@ PyMODINIT_FUNC PyInit__C(void) {
                                           mlmfast::collate_methods()};
   return PyModule_Create(&module_def);
 }
-
-#define MLMFAST_MASK_ARGS                                                                    \
-  "Tensor? attention_mask, Tensor? special_tokens_mask, Tensor? word_ids, Tensor? pos_ids, " \
-  "float[]? pos_probs, Tensor? sample_ids, Tensor? rng_state, int[] special_ids, "           \
-  "float mlm_probability, float mask_replace_prob, float random_replace_prob, "              \
-  "int mask_token_id, int vocab_size, int seed, int epoch, bool exact, "                     \
-  "bool exclude_special_from_random"
 
 TORCH_LIBRARY(mlmfast, m) {
   m.def("mask_tokens(Tensor input_ids, " MLMFAST_MASK_ARGS ") -> (Tensor, Tensor)");

@@ -1,0 +1,164 @@
+"""The CUDA kernels, run on the CPU: tests/cuda_emu builds the device code of
+csrc/cuda/mask_kernels.cuh (unchanged) against a host emulation of the CUDA built-ins (one thread
+per CUDA thread, barriers for __syncthreads, garbage in shared memory before each block) and the
+CUDA op's host code. Its masks must equal the reference's bit for bit, in every mode and form.
+
+This is what checks the kernels' logic in CI, which has no GPU: indexing, the per-row selection of
+exact mode, barriers, the grid loop over long rows, the vectorised and scalar paths. What it cannot
+check (a GPU's memory model, launch limits, the device-only intrinsics) is left to the CUDA twins
+of the other tests, which run wherever a GPU exists (benchmarks/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_mask_tokens import BERT, bert_batch, eligible_of, mask_cases, oracle, runs_word_ids
+
+from mlmfast.ops import _args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """torch.ops.mlmfast_emu, compiled on first use (about a minute on two cores; cached under
+    build/cuda_emu)."""
+    from torch.utils import cpp_extension
+
+    # ninja from the environment's bin when it is not activated (make test runs .venv's python)
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    build = ROOT / "build" / "cuda_emu"
+    build.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name="mlmfast_cuda_emu",
+        sources=[
+            str(ROOT / "tests" / "cuda_emu" / "emu.cpp"),
+            str(ROOT / "csrc" / "mask_tokens.cpp"),
+        ],
+        extra_include_paths=[str(ROOT / "csrc"), str(ROOT / "tests" / "cuda_emu")],
+        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas"],
+        build_directory=str(build),
+        is_python_module=False,
+        verbose=os.environ.get("MLMFAST_EMU_VERBOSE") == "1",
+    )
+    ops = torch.ops.mlmfast_emu
+    yield ops
+    ops.set_max_grid_y(65535)
+
+
+def run_emulated(ops, ids: torch.Tensor, form: str, kwargs: dict):
+    """The emulated CUDA op in one of its forms: "out" (out of place), "inplace", "widen"
+    (mask_tokens_into int32 ids -> int64 outputs)."""
+    args = _args(ids, kwargs)
+    if form == "out":
+        return ops.mask_tokens(ids, *args)
+    if form == "inplace":
+        out, labels = ids.clone(), torch.empty_like(ids)
+        ops.mask_tokens_(out, labels, *args)
+        return out, labels
+    out = torch.empty(ids.shape, dtype=torch.int64)
+    labels = torch.empty_like(out)
+    ops.mask_tokens_into(ids, out, labels, *args)
+    return out, labels
+
+
+def check(ops, ids: torch.Tensor, kwargs: dict, form: str = "out") -> None:
+    want = oracle(ids, **kwargs)
+    out, labels = run_emulated(ops, ids, form, kwargs)
+    want_ids, want_labels = want.input_ids, want.labels
+    if form == "widen":
+        want_ids, want_labels = want_ids.long(), want_labels.long()
+    assert out.dtype == want_ids.dtype and labels.dtype == want_labels.dtype
+    bad = (out != want_ids) | (labels != want_labels)
+    assert not bad.any(), f"emulated CUDA != reference at {torch.nonzero(bad)[:5].tolist()}"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    case=mask_cases(max_batch=4, max_length=80), form=st.sampled_from(["out", "inplace", "widen"])
+)
+def test_emulated_cuda_matches_reference(emu, case, form):
+    ids, kwargs = case
+    check(emu, ids, kwargs, form if form != "widen" or ids.dtype == torch.int32 else "out")
+
+
+def rich_case(B: int, L: int, *, left: bool, seed: int):
+    """BERT-like rows (left or right padded) with word ids, POS classes, sample ids and a
+    special_tokens_mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids, att = bert_batch(B, L, seed=seed, min_len=0)
+    if left:
+        shifts = (L - att.sum(1)).tolist()  # the padding moves to the front
+        ids = torch.stack([r.roll(s) for r, s in zip(ids, shifts, strict=True)])
+        att = torch.stack([r.roll(s) for r, s in zip(att, shifts, strict=True)])
+    words = runs_word_ids(eligible_of(ids, att), g, p_new=0.5)
+    return (
+        ids,
+        att,
+        {
+            "word_ids": words,
+            "pos_ids": torch.randint(0, 17, ids.shape, generator=g, dtype=torch.uint8),
+            "pos_probs": [0.1 * (i % 7) for i in range(17)],
+            "sample_ids": torch.randint(-(2**62), 2**62, (B,), generator=g),
+            "special_tokens_mask": (torch.rand(B, L, generator=g) < 0.05).long(),
+        },
+    )
+
+
+# Lengths around the Bernoulli kernel's block of 512 tokens and its 4-token vectors, and the
+# exact kernel's limit of 4,096 tokens per row.
+@pytest.mark.parametrize("L", [1, 3, 4, 511, 512, 513, 1029, 4096])
+@pytest.mark.parametrize("mode", ["bernoulli", "exact"])
+def test_emulated_cuda_lengths(emu, L, mode):
+    for left in (False, True):
+        ids, att, extra = rich_case(3, L, left=left, seed=L)
+        base = {**BERT, "attention_mask": att, "seed": 99 + L, "epoch": 3, "mode": mode}
+        for kwargs in (base, {**base, **extra, "mlm_probability": 0.3}):
+            for dtype in (torch.int64, torch.int32):
+                forms = ["out", "inplace"] + (["widen"] if dtype == torch.int32 else [])
+                for form in forms:
+                    check(emu, ids.to(dtype), kwargs, form)
+
+
+def test_emulated_cuda_scalar_path_and_grid_loop(emu):
+    """Storage that is not 16-byte aligned takes the kernel's scalar loads; a grid shorter than
+    the row makes each block loop over several 512-token chunks (gridDim.y is capped at 65,535:
+    rows over ~33.5M tokens)."""
+    ids, att = bert_batch(3, 1100, seed=4)
+    shifted = torch.cat([torch.zeros(1, dtype=torch.long), ids.flatten()])[1:].view(3, 1100)
+    assert shifted.data_ptr() % 16 != 0
+    check(emu, shifted, {**BERT, "seed": 7, "mlm_probability": 0.5})
+    for cap in (1, 2):
+        emu.set_max_grid_y(cap)
+        try:
+            for x in (ids, shifted, ids.int()):
+                check(emu, x, {**BERT, "attention_mask": att, "seed": cap, "mlm_probability": 0.3})
+        finally:
+            emu.set_max_grid_y(65535)
+
+
+def test_emulated_cuda_device_rng_state_and_empty(emu):
+    ids, att = bert_batch(4, 40, seed=9)
+    check(emu, ids, {**BERT, "attention_mask": att, "rng_state": torch.tensor([2**62 + 7, 11])})
+    check(emu, ids, {**BERT, "rng_state": torch.tensor([-3, 2]), "mode": "exact"})
+    for shape in ((0, 5), (3, 0)):
+        for mode in ("bernoulli", "exact"):
+            check(emu, torch.empty(shape, dtype=torch.int64), {**BERT, "mode": mode})
+
+
+def test_emulated_cuda_exact_row_limit(emu):
+    ids = torch.full((1, 4097), 2000, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="at most 4096 tokens"):
+        emu.mask_tokens(ids, *_args(ids, {**BERT, "mode": "exact"}))
+
+
+def test_emulation_reports_divergent_barriers(emu):
+    """A __syncthreads that only part of a block reaches is an error, not a hang or a pass."""
+    with pytest.raises(RuntimeError, match="__syncthreads in divergent code"):
+        emu.divergent_barrier_demo()
