@@ -488,6 +488,17 @@ struct GroupScratch {
   int n_seg = 0, n_blk = 0;
 };
 
+// The selection counters of a segment's nb blocks from block `first` of its row (compiled
+// into each kernel, so it vectorises with the kernel's instruction set).
+MLMFAST_ALWAYS_INLINE void segment_counters(GroupScratch& G, int nb, uint32_t first,
+                                            uint32_t sid_lo, uint32_t sid_hi) {
+  for (int i = 0; i < nb; ++i) {
+    G.ctr[G.n_blk + i] = kTagSelect | ((first + i) & kIndexMask);
+    G.c2[G.n_blk + i] = sid_lo;
+    G.c3[G.n_blk + i] = sid_hi;
+  }
+}
+
 inline GroupScratch& group_scratch() {
   thread_local std::unique_ptr<GroupScratch> s;
   if (!s) s = std::make_unique<GroupScratch>();
@@ -685,6 +696,10 @@ struct Avx512Group {
   template <typename T, typename TO>
   static void run(GroupPass<T, TO>& X, GroupScratch& G) {
     run_group(X, G);
+  }
+  MLMFAST_AVX512 static void counters(GroupScratch& G, int nb, uint32_t first, uint32_t lo,
+                                      uint32_t hi) {
+    segment_counters(G, nb, first, lo, hi);
   }
 };
 
@@ -1044,6 +1059,10 @@ struct Avx2Group {
   static void run(GroupPass2<T, TO>& X, GroupScratch& G) {
     run_group_avx2(X, G);
   }
+  MLMFAST_AVX2 static void counters(GroupScratch& G, int nb, uint32_t first, uint32_t lo,
+                                    uint32_t hi) {
+    segment_counters(G, nb, first, lo, hi);
+  }
 };
 
 // Rows [b0, b1) of the batch (bernoulli mode, no word ids or POS classes), by groups of
@@ -1074,12 +1093,7 @@ void plain_rows_grouped(const MaskInputs& in, const MaskParams& P, int64_t b0, i
       sg.m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
       sg.mm = K::drawn(X, sg.flat, sg.m);
       const int nb = (sg.mm + 3) >> 2;
-      const uint32_t first = static_cast<uint32_t>(c >> 2);
-      for (int i = 0; i < nb; ++i) {
-        G.ctr[G.n_blk + i] = kTagSelect | ((first + i) & kIndexMask);
-        G.c2[G.n_blk + i] = sg.sid_lo;
-        G.c3[G.n_blk + i] = sg.sid_hi;
-      }
+      K::counters(G, nb, static_cast<uint32_t>(c >> 2), sg.sid_lo, sg.sid_hi);
       G.n_blk += nb;
     }
   }
