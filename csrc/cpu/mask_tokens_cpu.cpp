@@ -499,6 +499,20 @@ MLMFAST_ALWAYS_INLINE void segment_counters(GroupScratch& G, int nb, uint32_t fi
   }
 }
 
+// After a group's pass (ns selected tokens packed): empties the group; when the 80/10/10 split
+// needs no draw, finishes the selected tokens ([MASK] for all, or kept) and returns false.
+template <typename TO>
+MLMFAST_ALWAYS_INLINE bool group_needs_split_draws(const MaskParams& P, GroupScratch& G, int ns,
+                                                   TO* out) {
+  G.n_seg = 0;
+  G.n_blk = 0;
+  if (P.t_mask >= kOne) {
+    for (int i = 0; i < ns; ++i) out[G.sdst[i]] = static_cast<TO>(P.mask_token_id);
+    return false;
+  }
+  return ns > 0 && (P.t_mask > 0 || P.t_random > 0);
+}
+
 inline GroupScratch& group_scratch() {
   thread_local std::unique_ptr<GroupScratch> s;
   if (!s) s = std::make_unique<GroupScratch>();
@@ -603,13 +617,7 @@ MLMFAST_AVX512 void run_group(GroupPass<T, TO>& X, GroupScratch& G) {
       _mm512_storeu_si512(G.sc3 + i, c3);
     }
   }
-  G.n_seg = 0;
-  G.n_blk = 0;
-  if (P.t_mask >= kOne) {
-    for (int i = 0; i < ns; ++i) X.out[G.sdst[i]] = static_cast<TO>(P.mask_token_id);
-    return;
-  }
-  if (ns == 0 || (P.t_mask == 0 && P.t_random == 0)) return;
+  if (!group_needs_split_draws(P, G, ns, X.out)) return;
   pb::avx512_rows(ns, G.sctr, P.epoch, G.sc2, G.sc3, X.ks, G.sx, G.sy, G.sz, G.sw);
   // the 80/10/10 decisions, the random ids (multiply-high and the walk over the excluded
   // specials) and the blends, 16 tokens at a time: random_token and replacement, lane for lane
@@ -972,13 +980,7 @@ MLMFAST_AVX2 void run_group_avx2(GroupPass2<T, TO>& X, GroupScratch& G) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(G.sc3 + i), c3);
     }
   }
-  G.n_seg = 0;
-  G.n_blk = 0;
-  if (P.t_mask >= kOne) {
-    for (int i = 0; i < ns; ++i) X.out[G.sdst[i]] = static_cast<TO>(P.mask_token_id);
-    return;
-  }
-  if (ns == 0 || (P.t_mask == 0 && P.t_random == 0)) return;
+  if (!group_needs_split_draws(P, G, ns, X.out)) return;
   pb::avx2_rows(ns, G.sctr, P.epoch, G.sc2, G.sc3, X.ks, G.sx, G.sy, G.sz, G.sw);
   // the 80/10/10 decisions, the random ids and the blends, as in run_group
   const uint64_t t_rand = P.t_mask + P.t_random;
