@@ -337,6 +337,18 @@ MLMFAST_ALWAYS_INLINE void replace_selected(const MaskParams& P, const RowKey& k
   }
 }
 
+// u[4 * i + k] = word k (x, y, z, w) of Philox block i, for i < n: the draws side by side in
+// the order of the tokens (or words) they serve.
+inline void block_order(int n, const uint32_t* x, const uint32_t* y, const uint32_t* z,
+                        const uint32_t* w, uint32_t* u) {
+  for (int i = 0; i < n; ++i) {
+    u[4 * i] = x[i];
+    u[4 * i + 1] = y[i];
+    u[4 * i + 2] = z[i];
+    u[4 * i + 3] = w[i];
+  }
+}
+
 // Fast path for rows without word ids or POS classes: the row goes in chunks; the selection
 // draws of a chunk come from one vectorised Philox batch (and only up to its last selectable
 // token, so padding costs no draws), decisions are branch-free, and only the selected tokens
@@ -381,12 +393,7 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
     const uint32_t b0 = static_cast<uint32_t>(c >> 2);
     for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
     philox_batch(nb, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-    for (int i = 0; i < nb; ++i) {
-      u[4 * i] = rx[i];
-      u[4 * i + 1] = ry[i];
-      u[4 * i + 2] = rz[i];
-      u[4 * i + 3] = rw[i];
-    }
+    block_order(nb, rx, ry, rz, rw, u);
     decide_chunk(mm, idb, allow, u, t32, t_all, smin, span, cand, rng);
     const int ns = compact(mm, idb, cand, rng, check_range, P, sel);
     if (ns) replace_selected(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
@@ -1105,15 +1112,17 @@ void plain_rows_grouped(const MaskInputs& in, const MaskParams& P, int64_t b0, i
 #endif
 
 // Bernoulli mode with word ids and/or POS classes: every eligible token (or word) independently
-// with its threshold. Eligibility by the vectorised chunk scan, the draws of a word shared by
-// its tokens (one Philox block per 4 word ids, cached), the 80/10/10 draws of a chunk's selected
-// tokens as one batch. T: the ids' type; TO: the outputs' (T, or int64 for int32 ids).
+// with its threshold. Eligibility by the vectorised chunk scan; per chunk, the draws of its words
+// (one Philox block per 4 word ids, shared by their tokens) and of its tokens outside words as
+// batches, and the 80/10/10 draws of its selected tokens as another. T: the ids' type; TO: the
+// outputs' (T, or int64 for int32 ids).
 template <typename T, typename TO>
 void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out, TO* lab,
                    Problems& pr) {
   alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
+  alignas(64) uint32_t wblk[kChunk], wu[4 * kChunk], tu[kChunk + 4];
   alignas(64) uint8_t allow[kChunk];
-  alignas(64) int32_t sel[kChunk];
+  alignas(64) int32_t sel[kChunk], src[kChunk];
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   pass_through(r.ids, L, out, lab);
@@ -1130,38 +1139,48 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
     for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
   }
   const T* ids = r.ids + r.start;
-  int64_t cached_block = -1;
-  u32x4 block{};
-  int64_t cached_word_block = -1;  // consecutive word ids share a Philox block (4 per call)
-  u32x4 word_block{};
+  const u32x2 k{r.key.seed_lo, r.key.seed_hi};
+  const uint32_t sid_lo = static_cast<uint32_t>(r.key.sample_id);
+  const uint32_t sid_hi = static_cast<uint32_t>(r.key.sample_id >> 32);
   const int64_t n = L - r.start;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int64_t off = base + r.start + c;
     const int last = eligible_chunk(m, ids + c, in, off, P, allow, suspect, pr);
+    // Where each eligible token's draw comes from: lane w & 3 of the word block w >> 2 (the
+    // chunk's distinct consecutive blocks, one Philox batch), or for a token outside any word
+    // lane q & 3 of the chunk's selection block q >> 2 (another batch, only when needed).
+    int nw = 0;
+    bool token_draws = false;
+    for (int q = 0; q < last; ++q) {
+      if (!allow[q]) continue;
+      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, off + q) : -1;
+      if (w < 0) {
+        src[q] = -1;
+        token_draws = true;
+        continue;
+      }
+      const uint32_t block = static_cast<uint32_t>(w) >> 2;
+      if (nw == 0 || wblk[nw - 1] != block) wblk[nw++] = block;
+      src[q] = (nw - 1) << 2 | static_cast<int32_t>(w & 3);
+    }
+    if (nw) {
+      for (int i = 0; i < nw; ++i) ctr[i] = kTagWord | (wblk[i] & kIndexMask);
+      philox_batch(nw, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+      block_order(nw, rx, ry, rz, rw, wu);
+    }
+    if (token_draws) {
+      const int nb = (last + 3) >> 2;
+      const uint32_t b0 = static_cast<uint32_t>(c >> 2);
+      for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
+      philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+      block_order(nb, rx, ry, rz, rw, tu);
+    }
     int ns = 0;
     for (int q = 0; q < last; ++q) {
       if (!allow[q]) continue;
-      const int64_t flat = off + q;
-      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[flat] : 0);
-      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
-      uint32_t u;
-      if (w >= 0) {
-        const uint32_t w32 = static_cast<uint32_t>(w);
-        if (static_cast<int64_t>(w32 >> 2) != cached_word_block) {
-          cached_word_block = w32 >> 2;
-          word_block = word_draws(r.key, w32 >> 2);
-        }
-        u = lane(word_block, static_cast<int>(w32 & 3u));
-      } else {
-        const int64_t rel = c + q;
-        const int64_t b = rel >> 2;
-        if (b != cached_block) {
-          cached_block = b;
-          block = select_block(r.key, static_cast<uint32_t>(b));
-        }
-        u = lane(block, static_cast<int>(rel & 3));
-      }
+      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[off + q] : 0);
+      const uint32_t u = src[q] >= 0 ? wu[src[q]] : tu[q];
       sel[ns] = q;
       ns += hits(u, t);
     }
