@@ -23,6 +23,8 @@ from test_mask_tokens import BERT, bert_batch, eligible_of, mask_cases, oracle, 
 from mlmfast.ops import _args
 
 ROOT = Path(__file__).resolve().parents[1]
+# gridDim.y and the shared memory a block may opt into on an H100/H200
+DEVICE_LIMITS = (65535, 232448)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,9 @@ def emu():
         verbose=os.environ.get("MLMFAST_EMU_VERBOSE") == "1",
     )
     ops = torch.ops.mlmfast_emu
+    ops.set_limits(*DEVICE_LIMITS)
     yield ops
-    ops.set_max_grid_y(65535)
+    ops.set_limits(*DEVICE_LIMITS)
 
 
 def run_emulated(ops, ids: torch.Tensor, form: str, kwargs: dict):
@@ -111,8 +114,8 @@ def rich_case(B: int, L: int, *, left: bool, seed: int):
     )
 
 
-# Lengths around the Bernoulli kernel's block of 512 tokens and its 4-token vectors, and the
-# exact kernel's limit of 4,096 tokens per row.
+# Lengths around the Bernoulli kernel's block of 512 tokens and its 4-token vectors; in exact
+# mode all of them in shared memory.
 @pytest.mark.parametrize("L", [1, 3, 4, 511, 512, 513, 1029, 4096])
 @pytest.mark.parametrize("mode", ["bernoulli", "exact"])
 def test_emulated_cuda_lengths(emu, L, mode):
@@ -135,12 +138,12 @@ def test_emulated_cuda_scalar_path_and_grid_loop(emu):
     assert shifted.data_ptr() % 16 != 0
     check(emu, shifted, {**BERT, "seed": 7, "mlm_probability": 0.5})
     for cap in (1, 2):
-        emu.set_max_grid_y(cap)
+        emu.set_limits(cap, DEVICE_LIMITS[1])
         try:
             for x in (ids, shifted, ids.int()):
                 check(emu, x, {**BERT, "attention_mask": att, "seed": cap, "mlm_probability": 0.3})
         finally:
-            emu.set_max_grid_y(65535)
+            emu.set_limits(*DEVICE_LIMITS)
 
 
 def test_emulated_cuda_device_rng_state_and_empty(emu):
@@ -152,10 +155,21 @@ def test_emulated_cuda_device_rng_state_and_empty(emu):
             check(emu, torch.empty(shape, dtype=torch.int64), {**BERT, "mode": mode})
 
 
-def test_emulated_cuda_exact_row_limit(emu):
-    ids = torch.full((1, 4097), 2000, dtype=torch.int64)
-    with pytest.raises(RuntimeError, match="at most 4096 tokens"):
-        emu.mask_tokens(ids, *_args(ids, {**BERT, "mode": "exact"}))
+def test_emulated_cuda_exact_global_scratch(emu):
+    """Exact mode's rows that do not fit in shared memory work in a global scratch buffer: forced
+    for short rows (no shared memory at all), and by length for rows of 8,200 tokens."""
+    emu.set_limits(DEVICE_LIMITS[0], 0)
+    try:
+        for L in (1, 513, 1029):
+            ids, att, extra = rich_case(3, L, left=L == 513, seed=L)
+            base = {**BERT, "attention_mask": att, "seed": 5, "mode": "exact"}
+            for kwargs in (base, {**base, **extra, "mlm_probability": 0.3}):
+                check(emu, ids, kwargs)
+                check(emu, ids.int(), kwargs, "widen")
+    finally:
+        emu.set_limits(*DEVICE_LIMITS)
+    ids, att = bert_batch(2, 8200, seed=3)
+    check(emu, ids, {**BERT, "attention_mask": att, "seed": 6, "mode": "exact"})
 
 
 def test_emulation_reports_divergent_barriers(emu):

@@ -1422,7 +1422,7 @@ class TestCuda:
     @pytest.mark.parametrize("length", [1, 513, 4095, 4096])
     @pytest.mark.parametrize("rich", [False, True], ids=["plain", "words+pos"])
     def test_exact_long_rows(self, cuda_device, length, rich):
-        # CUDA's exact mode handles rows of up to 4096 tokens; the result equals the CPU op.
+        # CUDA's exact mode: rows in shared memory; the result equals the CPU op.
         ids, att = bert_batch(6, length, seed=80, min_len=0)
         if rich:
             kw = rich_kwargs(ids, att, mode="exact")
@@ -1433,11 +1433,11 @@ class TestCuda:
             if not rich:
                 assert torch.equal(r.selected.sum(1), exact_k(eligible_of(ids, att).sum(1), p))
 
-    def test_exact_row_limit(self, cuda_device):
-        ids = torch.full((2, 4097), 7, device=cuda_device)
-        with pytest.raises(RuntimeError, match="at most 4096 tokens"):
-            mlmfast.mask_tokens(ids, **BERT, seed=1, mode="exact")
-        mlmfast.mask_tokens(ids, **BERT, seed=1)  # Bernoulli mode has no such limit
+    @pytest.mark.parametrize("length", [8192, 12000])
+    def test_exact_rows_beyond_shared_memory(self, cuda_device, length):
+        # Rows whose working memory exceeds a block's shared memory use a global scratch buffer.
+        ids, att = bert_batch(2, length, seed=83)
+        run_op(cuda_device, ids, **BERT, attention_mask=att, seed=84, mode="exact")
 
     @pytest.mark.parametrize("mode", MODES)
     @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])

@@ -11,9 +11,8 @@
 
 constexpr int kThreads = 128;  // Bernoulli kernel: 4 tokens per thread
 constexpr int kTokensPerBlock = 4 * kThreads;
-constexpr int kExactThreads = 256;         // exact kernel: one block per row
-constexpr int64_t kExactMaxLength = 4096;  // shared-memory bound of the exact kernel
-constexpr int64_t kMaxGridY = 65535;       // CUDA's limit on gridDim.y
+constexpr int kExactThreads = 256;    // exact kernel: one block per row
+constexpr int64_t kMaxGridY = 65535;  // CUDA's limit on gridDim.y
 
 // Four consecutive elements; one or two 16-byte transactions when the row layout allows it.
 template <typename T, bool kVec>
@@ -154,21 +153,28 @@ struct ExactShared {
   uint8_t* taken;   // at the leader
 };
 
+// Working memory of a row: in shared memory where it fits (rows of up to ~7,000 tokens on an
+// H100/H200), else in the row's slice of a global scratch buffer (exact_row_stride apart).
 __host__ __device__ inline size_t exact_shared_bytes(int64_t L) {
   return static_cast<size_t>(L) * (8 + 8 + 4 + 4 + 4 + 4 + 1) + 64;
+}
+__host__ __device__ inline size_t exact_row_stride(int64_t L) {
+  return (exact_shared_bytes(L) + 15) & ~static_cast<size_t>(15);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kExactThreads)
-    exact_kernel(MaskInputs in, MaskParams P, T* __restrict__ out, T* __restrict__ lab) {
+    exact_kernel(MaskInputs in, MaskParams P, T* __restrict__ out, T* __restrict__ lab,
+                 unsigned char* scratch) {
   MLMFAST_DYNAMIC_SHARED(smem);
   __shared__ unsigned long long s_min, s_tsum;
   __shared__ int s_any_positive, s_units, s_words;
   const int64_t L = in.length;
   const int64_t row = blockIdx.x;
   const int64_t base = row * L;
+  unsigned char* mem = scratch ? scratch + static_cast<size_t>(row) * exact_row_stride(L) : smem;
   ExactShared S;
-  S.key = reinterpret_cast<int64_t*>(smem);
+  S.key = reinterpret_cast<int64_t*>(mem);
   S.t = reinterpret_cast<uint64_t*>(S.key + L);
   S.u = reinterpret_cast<uint32_t*>(S.t + L);
   S.leader = reinterpret_cast<int32_t*>(S.u + L);

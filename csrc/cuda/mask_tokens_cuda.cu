@@ -20,20 +20,27 @@ namespace {
 #include "cuda/mask_kernels.cuh"
 
 template <typename T>
-void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab, cudaStream_t stream) {
+void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab, c10::Device device,
+            cudaStream_t stream) {
   const int64_t B = in.batch, L = in.length;
   if (in.exact) {
-    TORCH_CHECK(L <= kExactMaxLength, "mask_tokens: mode='exact' on CUDA supports rows of at most ",
-                kExactMaxLength, " tokens, got ", L, "; use mode='bernoulli' or the CPU op");
     const size_t bytes = exact_shared_bytes(L);
-    int device = 0, optin = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    TORCH_CHECK(bytes <= static_cast<size_t>(optin), "mask_tokens: mode='exact' needs ", bytes,
-                " bytes of shared memory for rows of ", L, " tokens; this GPU allows ", optin);
-    C10_CUDA_CHECK(cudaFuncSetAttribute(
-        exact_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-    exact_kernel<T><<<static_cast<unsigned>(B), kExactThreads, bytes, stream>>>(in, P, out, lab);
+    int optin = 0;
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device.index()));
+    if (bytes <= static_cast<size_t>(optin)) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(
+          exact_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+      exact_kernel<T>
+          <<<static_cast<unsigned>(B), kExactThreads, bytes, stream>>>(in, P, out, lab, nullptr);
+    } else {
+      // rows too long for shared memory: each block works in its row's slice of a buffer from
+      // the caching allocator (stream-ordered: freed here, reused only after the kernel)
+      const at::Tensor scratch = at::empty({B * static_cast<int64_t>(exact_row_stride(L))},
+                                           at::TensorOptions().dtype(at::kByte).device(device));
+      exact_kernel<T><<<static_cast<unsigned>(B), kExactThreads, 0, stream>>>(
+          in, P, out, lab, scratch.data_ptr<uint8_t>());
+    }
   } else {
     const dim3 grid(static_cast<unsigned>(B), bernoulli_grid_y(L));
     if (bernoulli_vectorised(in, out, lab))
@@ -49,9 +56,11 @@ void cuda_kernel(const MaskInputs& in, const MaskParams& P, at::Tensor& out, at:
   const c10::cuda::CUDAGuard guard(out.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (out.scalar_type() == at::kLong)
-    launch<int64_t>(in, P, out.data_ptr<int64_t>(), labels.data_ptr<int64_t>(), stream);
+    launch<int64_t>(in, P, out.data_ptr<int64_t>(), labels.data_ptr<int64_t>(), out.device(),
+                    stream);
   else
-    launch<int32_t>(in, P, out.data_ptr<int32_t>(), labels.data_ptr<int32_t>(), stream);
+    launch<int32_t>(in, P, out.data_ptr<int32_t>(), labels.data_ptr<int32_t>(), out.device(),
+                    stream);
 }
 
 std::tuple<at::Tensor, at::Tensor> mask_tokens_cuda(const at::Tensor& input_ids,

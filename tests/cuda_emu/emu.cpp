@@ -2,12 +2,14 @@
 // emulation of shim.h, behind the CUDA op's host code: the same argument checks
 // (csrc/mask_tokens.cpp), the same launch geometry, no id check (as on CUDA). Registered as
 // mlmfast_emu::mask_tokens / mask_tokens_ / mask_tokens_into for CPU tensors, plus
-// mlmfast_emu::set_max_grid_y to make the Bernoulli kernel loop over long rows with short grids
-// and a self-test of the emulation (divergent_barrier_demo).
+// mlmfast_emu::set_limits (a short grid makes the Bernoulli kernel loop over long rows, little
+// shared memory sends exact mode to its global scratch path) and a self-test of the emulation
+// (divergent_barrier_demo).
 // Built and used by tests/test_cuda_emulated.py.
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "mask_tokens.h"
 #include "shim.h"
@@ -17,16 +19,23 @@ namespace {
 
 #include "cuda/mask_kernels.cuh"
 
+// The device's limits: gridDim.y and the shared memory a block may opt into (H100/H200's).
 int64_t g_max_grid_y = kMaxGridY;
+int64_t g_max_shared = 232448;
 
 template <typename T>
 void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab) {
   const int64_t B = in.batch, L = in.length;
   if (in.exact) {
-    TORCH_CHECK(L <= kExactMaxLength, "mask_tokens: mode='exact' on CUDA supports rows of at most ",
-                kExactMaxLength, " tokens, got ", L);
-    cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kExactThreads), exact_shared_bytes(L),
-                     [&] { exact_kernel<T>(in, P, out, lab); });
+    const size_t bytes = exact_shared_bytes(L);
+    if (bytes <= static_cast<size_t>(g_max_shared)) {
+      cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kExactThreads), bytes,
+                       [&] { exact_kernel<T>(in, P, out, lab, nullptr); });
+    } else {  // the global scratch buffer, garbage-filled like shared memory
+      std::vector<unsigned char> scratch(B * exact_row_stride(L), 0xA5);
+      cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kExactThreads), 0,
+                       [&] { exact_kernel<T>(in, P, out, lab, scratch.data()); });
+    }
   } else {
     const dim3 grid(static_cast<unsigned>(B), bernoulli_grid_y(L, g_max_grid_y));
     if (bernoulli_vectorised(in, out, lab))
@@ -62,9 +71,12 @@ void mask_tokens_into_emu(const at::Tensor& input_ids, const at::Tensor& out,
                    labels, MLMFAST_MASK_ARGS_PASS);
 }
 
-void set_max_grid_y(int64_t n) {
-  TORCH_CHECK(n >= 1 && n <= kMaxGridY, "set_max_grid_y: n must be in [1, ", kMaxGridY, "]");
-  g_max_grid_y = n;
+void set_limits(int64_t max_grid_y, int64_t max_shared_bytes) {
+  TORCH_CHECK(max_grid_y >= 1 && max_grid_y <= kMaxGridY, "set_limits: max_grid_y must be in [1, ",
+              kMaxGridY, "]");
+  TORCH_CHECK(max_shared_bytes >= 0, "set_limits: max_shared_bytes must be >= 0");
+  g_max_grid_y = max_grid_y;
+  g_max_shared = max_shared_bytes;
 }
 
 // A kernel with a __syncthreads only thread 0 reaches: the emulation must report it.
@@ -84,7 +96,7 @@ TORCH_LIBRARY(mlmfast_emu, m) {
   m.def("mask_tokens_into(Tensor input_ids, Tensor(a!) out, Tensor(b!) labels, " MLMFAST_MASK_ARGS
         ") -> ()",
         &mask_tokens_into_emu);
-  m.def("set_max_grid_y(int n) -> ()", &set_max_grid_y);
+  m.def("set_limits(int max_grid_y, int max_shared_bytes) -> ()", &set_limits);
   m.def("divergent_barrier_demo() -> ()", &divergent_barrier_demo);
 }
 
