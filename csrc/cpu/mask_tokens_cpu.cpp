@@ -1111,6 +1111,18 @@ void plain_rows_grouped(const MaskInputs& in, const MaskParams& P, int64_t b0, i
 #pragma GCC diagnostic pop
 #endif
 
+// wid[q] = word id of token off + q for q < m (-1 without word ids): one loop per element type.
+inline void words_of_chunk(const MaskInputs& in, int64_t off, int m, int64_t* wid) {
+  if (in.word_ids && in.word_kind == kInt64) {
+    std::memcpy(wid, static_cast<const int64_t*>(in.word_ids) + off, sizeof(int64_t) * m);
+  } else if (in.word_ids && in.word_kind == kInt32) {
+    const int32_t* w = static_cast<const int32_t*>(in.word_ids) + off;
+    for (int q = 0; q < m; ++q) wid[q] = w[q];
+  } else {
+    std::fill(wid, wid + m, int64_t(-1));
+  }
+}
+
 // Bernoulli mode with word ids and/or POS classes: every eligible token (or word) independently
 // with its threshold. Eligibility by the vectorised chunk scan; per chunk, the draws of its words
 // (one Philox block per 4 word ids, shared by their tokens) and of its tokens outside words as
@@ -1123,6 +1135,7 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   alignas(64) uint32_t wblk[kChunk], wu[4 * kChunk], tu[kChunk + 4];
   alignas(64) uint8_t allow[kChunk];
   alignas(64) int32_t sel[kChunk], src[kChunk];
+  alignas(64) int64_t wid[kChunk];
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   pass_through(r.ids, L, out, lab);
@@ -1131,9 +1144,9 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   if (in.pos_ids) {
     for (int64_t j = 0; j < L; ++j) suspect |= in.pos_ids[base + j] >= P.n_pos;
   }
-  if (in.word_ids) {
-    for (int64_t j = 0; j < L; ++j)
-      suspect |= load_word(in.word_ids, in.word_kind, base + j) > int64_t(0xFFFFFFFF);
+  if (in.word_ids && in.word_kind == kInt64) {  // int32 word ids are always below 2^32
+    const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
+    for (int64_t j = 0; j < L; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
   }
   if (suspect) {  // noted here, reported after the parallel region
     for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
@@ -1152,9 +1165,10 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
     // lane q & 3 of the chunk's selection block q >> 2 (another batch, only when needed).
     int nw = 0;
     bool token_draws = false;
+    words_of_chunk(in, off, last, wid);
     for (int q = 0; q < last; ++q) {
       if (!allow[q]) continue;
-      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, off + q) : -1;
+      const int64_t w = wid[q];
       if (w < 0) {
         src[q] = -1;
         token_draws = true;
