@@ -1111,6 +1111,20 @@ void plain_rows_grouped(const MaskInputs& in, const MaskParams& P, int64_t b0, i
 #pragma GCC diagnostic pop
 #endif
 
+// A POS class outside the table or a word id >= 2^32 in the row at base (every token, attended
+// or not, is checked): then its tokens go through check_token, which also checks the ids.
+inline bool row_suspect(const MaskInputs& in, const MaskParams& P, int64_t base, int64_t L) {
+  bool suspect = false;
+  if (in.pos_ids) {
+    for (int64_t j = 0; j < L; ++j) suspect |= in.pos_ids[base + j] >= P.n_pos;
+  }
+  if (in.word_ids && in.word_kind == kInt64) {  // int32 word ids are always below 2^32
+    const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
+    for (int64_t j = 0; j < L; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
+  }
+  return suspect;
+}
+
 // wid[q] = word id of token off + q for q < m (-1 without word ids): one loop per element type.
 inline void words_of_chunk(const MaskInputs& in, int64_t off, int m, int64_t* wid) {
   if (in.word_ids && in.word_kind == kInt64) {
@@ -1139,15 +1153,7 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   pass_through(r.ids, L, out, lab);
-  // POS classes and word ids are checked on every token (attended or not), ids where attended
-  bool suspect = false;
-  if (in.pos_ids) {
-    for (int64_t j = 0; j < L; ++j) suspect |= in.pos_ids[base + j] >= P.n_pos;
-  }
-  if (in.word_ids && in.word_kind == kInt64) {  // int32 word ids are always below 2^32
-    const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
-    for (int64_t j = 0; j < L; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
-  }
+  const bool suspect = row_suspect(in, P, base, L);
   if (suspect) {  // noted here, reported after the parallel region
     for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
   }
@@ -1218,105 +1224,6 @@ void bernoulli_row_plain(const MaskInputs& in, const MaskParams& P, const RowVie
   }
 }
 
-struct Unit {
-  uint32_t u;
-  uint64_t t;
-  int64_t first;  // first position (tie-break and identity)
-  int64_t size;   // eligible tokens in the unit
-};
-
-// Exact mode: the per-row budget and the ranking rule of masking.h, by sorting the row's
-// units (a row is at most a few thousand tokens; the scratch vectors are reused).
-template <typename T, typename TO>
-void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out, TO* lab,
-               Problems& pr, std::vector<Unit>& units, std::vector<int64_t>& unit_of,
-               std::vector<std::pair<int64_t, int64_t>>& words, std::vector<uint8_t>& taken,
-               std::vector<int32_t>& order) {
-  const int64_t L = in.length;
-  const int64_t base = r.row * L;
-  units.clear();
-  words.clear();
-  unit_of.assign(L, -1);
-  uint64_t tsum = 0;
-  bool any_positive = false;
-  int64_t cached_block = -1;
-  u32x4 block{};
-  for (int64_t j = 0; j < L; ++j) {
-    const int64_t flat = base + j;
-    const T id = r.ids[j];
-    check_token(in, P, flat, id, pr);
-    const int64_t rel = j - r.start;
-    if (rel < 0 || !token_eligible(in, P, flat, id)) continue;
-    const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[flat] : 0);
-    tsum += t;
-    any_positive |= t > 0;
-    const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1;
-    if (w >= 0) {
-      words.emplace_back(w, j);
-    } else {
-      const int64_t b = rel >> 2;
-      if (b != cached_block) {
-        cached_block = b;
-        block = select_block(r.key, static_cast<uint32_t>(b));
-      }
-      unit_of[j] = static_cast<int64_t>(units.size());
-      units.push_back(Unit{lane(block, static_cast<int>(rel & 3)), t, j, 1});
-    }
-  }
-  if (!words.empty()) {
-    // Group the word tokens by word id (stable: positions stay ascending within a word).
-    std::stable_sort(words.begin(), words.end(),
-                     [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (size_t i = 0; i < words.size();) {
-      size_t e = i;
-      while (e < words.size() && words[e].first == words[i].first) ++e;
-      const int64_t first = words[i].second;
-      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[base + first] : 0);
-      const int64_t idx = static_cast<int64_t>(units.size());
-      units.push_back(Unit{word_draw(r.key, static_cast<uint64_t>(words[i].first)), t, first,
-                           static_cast<int64_t>(e - i)});
-      for (size_t q = i; q < e; ++q) unit_of[words[q].second] = idx;
-      i = e;
-    }
-  }
-  const uint64_t k = exact_budget(tsum, any_positive);
-  taken.assign(units.size(), 0);
-  order.clear();
-  bool single = true;
-  for (size_t i = 0; i < units.size(); ++i) {
-    if (units[i].t == 0) continue;
-    order.push_back(static_cast<int32_t>(i));
-    single &= units[i].size == 1;
-  }
-  auto before = [&](int32_t a, int32_t b) {
-    const Unit &A = units[a], &B = units[b];
-    return ranks_before(A.u, A.t, A.first, B.u, B.t, B.first);
-  };
-  uint64_t count = 0;
-  if (single) {
-    // Single-token units: the budget takes exactly the k best, in any order.
-    const size_t kk = std::min<size_t>(k, order.size());
-    std::nth_element(order.begin(), order.begin() + kk, order.end(), before);
-    for (size_t i = 0; i < kk; ++i) taken[order[i]] = 1;
-    count = kk;
-  } else {
-    std::sort(order.begin(), order.end(), before);
-    for (int32_t i : order) {
-      if (count >= k) break;
-      if (count + static_cast<uint64_t>(units[i].size) <= k) {
-        taken[i] = 1;
-        count += static_cast<uint64_t>(units[i].size);
-      }
-    }
-  }
-  if (count == 0 && k > 0 && !order.empty()) taken[order[0]] = 1;
-  for (int64_t j = 0; j < L; ++j) {
-    const int64_t u = unit_of[j];
-    const bool selected = u >= 0 && taken[u];
-    emit(P, r.key, selected, static_cast<uint32_t>(j - r.start), r.ids[j], out[j], lab[j]);
-  }
-}
-
 // The k smallest of `keys` (distinct) moved to its front, in any order. A radix step on the top
 // 6 bits (the draws are uniform: ~n/64 keys per bucket) finds the bucket holding the k-th
 // smallest; only that bucket is partially sorted. Branch-light, unlike nth_element over the
@@ -1340,6 +1247,205 @@ inline void smallest_first(std::vector<uint64_t>& keys, uint64_t k, std::vector<
   // the need-th smallest at need - 1, the smaller ones in front of it
   std::nth_element(spill.begin(), spill.begin() + static_cast<int64_t>(need - 1), spill.end());
   std::copy(spill.begin(), spill.begin() + static_cast<int64_t>(need), keys.begin() + w);
+}
+
+struct Unit {
+  uint32_t u;
+  uint64_t t;
+  int64_t first;  // first position (tie-break and identity)
+  int64_t size;   // eligible tokens in the unit
+};
+
+// Consecutive eligible tokens of one word: positions [start, start + size).
+struct WordRun {
+  int64_t w, start, size;
+};
+
+// Reused working memory of exact_row (one per thread).
+struct ExactScratch {
+  std::vector<Unit> units;
+  std::vector<int64_t> unit_of;  // by position (relative to the first attended token)
+  std::vector<WordRun> runs;
+  std::vector<uint32_t> blocks;  // distinct word blocks (word id >> 2)
+  std::vector<uint8_t> taken;
+  std::vector<int32_t> order;
+  std::vector<uint64_t> keys, spill;
+};
+
+// Exact mode: the per-row budget and the ranking rule of masking.h. Eligibility by the chunk
+// scan; the selection draws of a chunk's tokens outside words and the draws of the row's words
+// as Philox batches; units ranked by one sort (of (draw, position) keys when every unit has the
+// same threshold); the selected tokens' 80/10/10 draws as batches.
+template <typename T, typename TO>
+void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, TO* out, TO* lab,
+               Problems& pr, ExactScratch& S) {
+  alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
+  alignas(64) uint32_t tu[kChunk + 4];
+  alignas(64) uint8_t allow[kChunk];
+  alignas(64) int32_t sel[kChunk];
+  alignas(64) int64_t wid[kChunk];
+  const int64_t L = in.length;
+  const int64_t base = r.row * L;
+  pass_through(r.ids, L, out, lab);
+  const bool suspect = row_suspect(in, P, base, L);
+  if (suspect) {  // noted here, reported after the parallel region
+    for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
+  }
+  const T* ids = r.ids + r.start;
+  const int64_t n = L - r.start;
+  const u32x2 k{r.key.seed_lo, r.key.seed_hi};
+  const uint32_t sid_lo = static_cast<uint32_t>(r.key.sample_id);
+  const uint32_t sid_hi = static_cast<uint32_t>(r.key.sample_id >> 32);
+  S.units.clear();
+  S.runs.clear();
+  S.unit_of.assign(n, -1);
+  uint64_t tsum = 0;
+  bool any_positive = false;
+  for (int64_t c = 0; c < n; c += kChunk) {  // eligibility, thresholds, token units, word runs
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+    const int64_t off = base + r.start + c;
+    const int last = eligible_chunk(m, ids + c, in, off, P, allow, suspect, pr);
+    words_of_chunk(in, off, last, wid);
+    const size_t first_token_unit = S.units.size();
+    for (int q = 0; q < last; ++q) {
+      if (!allow[q]) continue;
+      const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[off + q] : 0);
+      tsum += t;
+      any_positive |= t > 0;
+      const int64_t j = c + q;
+      if (wid[q] >= 0) {
+        WordRun* run = S.runs.empty() ? nullptr : &S.runs.back();
+        if (run && run->w == wid[q] && run->start + run->size == j)
+          ++run->size;
+        else
+          S.runs.push_back(WordRun{wid[q], j, 1});
+      } else {
+        S.unit_of[j] = static_cast<int64_t>(S.units.size());
+        S.units.push_back(Unit{0, t, j, 1});
+      }
+    }
+    if (S.units.size() > first_token_unit) {  // the chunk's selection draws
+      const int nb = (last + 3) >> 2;
+      const uint32_t b0 = static_cast<uint32_t>(c >> 2);
+      for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
+      philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+      block_order(nb, rx, ry, rz, rw, tu);
+      for (size_t i = first_token_unit; i < S.units.size(); ++i)
+        S.units[i].u = tu[S.units[i].first - c];
+    }
+  }
+  if (!S.runs.empty()) {
+    // A word's tokens, wherever they are, form one unit: its runs grouped by word id (in
+    // position order within a word), its threshold its first token's.
+    if (!std::is_sorted(S.runs.begin(), S.runs.end(),
+                        [](const WordRun& a, const WordRun& b) { return a.w < b.w; }))
+      std::stable_sort(S.runs.begin(), S.runs.end(),
+                       [](const WordRun& a, const WordRun& b) { return a.w < b.w; });
+    const size_t first_word_unit = S.units.size();
+    S.blocks.clear();
+    for (size_t i = 0; i < S.runs.size();) {
+      const WordRun& head = S.runs[i];
+      const int64_t idx = static_cast<int64_t>(S.units.size());
+      int64_t size = 0;
+      size_t e = i;
+      for (; e < S.runs.size() && S.runs[e].w == head.w; ++e) {
+        for (int64_t j = S.runs[e].start; j < S.runs[e].start + S.runs[e].size; ++j)
+          S.unit_of[j] = idx;
+        size += S.runs[e].size;
+      }
+      const uint64_t t =
+          token_threshold(P, in.pos_ids ? in.pos_ids[base + r.start + head.start] : 0);
+      const uint32_t block = static_cast<uint32_t>(head.w) >> 2;
+      if (S.blocks.empty() || S.blocks.back() != block) S.blocks.push_back(block);
+      // u: for now the index of the word's block and its lane; its draw below
+      S.units.push_back(Unit{
+          static_cast<uint32_t>((S.blocks.size() - 1) << 2 | (static_cast<uint32_t>(head.w) & 3u)),
+          t, head.start, size});
+      i = e;
+    }
+    // the words' draws, kChunk blocks per Philox batch
+    size_t next = first_word_unit;
+    for (size_t b0 = 0; b0 < S.blocks.size(); b0 += kChunk) {
+      const int nb = static_cast<int>(std::min<size_t>(kChunk, S.blocks.size() - b0));
+      for (int i = 0; i < nb; ++i) ctr[i] = kTagWord | (S.blocks[b0 + i] & kIndexMask);
+      philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
+      const uint32_t* lanes[4] = {rx, ry, rz, rw};
+      for (; next < S.units.size() && (S.units[next].u >> 2) < b0 + nb; ++next) {
+        const uint32_t slot = S.units[next].u;
+        S.units[next].u = lanes[slot & 3u][(slot >> 2) - b0];
+      }
+    }
+  }
+  const uint64_t budget = exact_budget(tsum, any_positive);
+  std::vector<Unit>& units = S.units;
+  std::vector<int32_t>& order = S.order;
+  S.taken.assign(units.size(), 0);
+  bool single = true;
+  auto rankable = [&] {  // the units that can be selected (t > 0), in unit order
+    order.clear();
+    for (size_t i = 0; i < units.size(); ++i) {
+      if (units[i].t == 0) continue;
+      order.push_back(static_cast<int32_t>(i));
+      single &= units[i].size == 1;
+    }
+  };
+  rankable();
+  auto before = [&](int32_t a, int32_t b) {
+    const Unit &A = units[a], &B = units[b];
+    return ranks_before(A.u, A.t, A.first, B.u, B.t, B.first);
+  };
+  // The rank order as far as the walk needs it: the kk best for single-token units, else the
+  // best M sorted (every unit taken spends at least 1 of the budget, so the walk rarely gets
+  // past kk + 8 units: only when words too large to fit are skipped), the rest sorted only if
+  // the walk gets there.
+  const size_t kk = std::min<size_t>(budget, order.size());
+  const size_t M = single ? kk : std::min(order.size(), kk + 8);
+  if (P.n_pos == 0 && !order.empty()) {
+    // One threshold for every unit: rank by (draw, first position) as one integer.
+    S.keys.resize(order.size());
+    for (size_t i = 0; i < order.size(); ++i)
+      S.keys[i] = static_cast<uint64_t>(units[order[i]].u) << 32 |
+                  static_cast<uint64_t>(units[order[i]].first);
+    if (M > 0 && M < S.keys.size()) smallest_first(S.keys, M, S.spill);
+    if (!single) std::sort(S.keys.begin(), S.keys.begin() + static_cast<int64_t>(M));
+    for (size_t i = 0; i < order.size(); ++i)
+      order[i] = static_cast<int32_t>(S.unit_of[static_cast<int64_t>(S.keys[i] & 0xFFFFFFFFu)]);
+  } else {
+    if (M < order.size())
+      std::nth_element(order.begin(), order.begin() + static_cast<int64_t>(M), order.end(), before);
+    if (!single) std::sort(order.begin(), order.begin() + static_cast<int64_t>(M), before);
+  }
+  uint64_t count = 0;
+  if (single) {  // single-token units: the budget takes exactly the kk best, in any order
+    for (size_t i = 0; i < kk; ++i) S.taken[order[i]] = 1;
+    count = kk;
+  } else {
+    for (size_t i = 0; i < order.size() && count < budget; ++i) {
+      if (i == M) {  // past the sorted best M (the rest may be gone: smallest_first): all
+        rankable();
+        std::sort(order.begin(), order.end(), before);  // its first M as before
+      }
+      const int32_t u = order[i];
+      if (count + static_cast<uint64_t>(units[u].size) <= budget) {
+        S.taken[u] = 1;
+        count += static_cast<uint64_t>(units[u].size);
+      }
+    }
+  }
+  if (count == 0 && budget > 0 && !order.empty()) S.taken[order[0]] = 1;
+  // the selected tokens: labels and 80/10/10, a chunk's worth at a time
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+    int ns = 0;
+    for (int q = 0; q < m; ++q) {
+      const int64_t u = S.unit_of[c + q];
+      sel[ns] = q;
+      ns += u >= 0 && S.taken[u];
+    }
+    if (ns)
+      replace_selected(P, r.key, ids, c, sel, ns, out + r.start, lab + r.start, ctr, rx, ry, rz,
+                       rw);
+  }
 }
 
 // Exact mode without word ids or POS classes: every unit is one token with the same threshold,
@@ -1408,11 +1514,7 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, TO* out, TO* lab) {
     if (rows_avx512) return plain_rows_grouped<Avx512Group, T, TO>(in, P, b0, b1, out, lab, pr);
     if (rows_avx2) return plain_rows_grouped<Avx2Group, T, TO>(in, P, b0, b1, out, lab, pr);
 #endif
-    std::vector<Unit> units;
-    std::vector<int64_t> unit_of;
-    std::vector<std::pair<int64_t, int64_t>> words;
-    std::vector<uint8_t> taken;
-    std::vector<int32_t> order;
+    ExactScratch exact;
     std::vector<uint64_t> keys, spill;
     for (int64_t b = b0; b < b1; ++b) {
       const T* ids = static_cast<const T*>(in.ids) + b * L;
@@ -1423,7 +1525,7 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, TO* out, TO* lab) {
       if (in.exact && !in.word_ids && P.n_pos == 0) {
         exact_row_plain(in, P, r, o, l, pr, keys, spill);
       } else if (in.exact) {
-        exact_row(in, P, r, o, l, pr, units, unit_of, words, taken, order);
+        exact_row(in, P, r, o, l, pr, exact);
       } else if (!in.word_ids && P.n_pos == 0) {
         bernoulli_row_plain(in, P, r, o, l, pr);
       } else {
