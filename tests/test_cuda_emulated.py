@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_mask_tokens import BERT, bert_batch, eligible_of, mask_cases, oracle, runs_word_ids
+from test_mask_tokens import BERT, bert_batch, mask_cases, oracle, rich_kwargs
 
 from mlmfast.ops import _args
 
@@ -92,26 +92,19 @@ def test_emulated_cuda_matches_reference(emu, case, form):
 
 
 def rich_case(B: int, L: int, *, left: bool, seed: int):
-    """BERT-like rows (left or right padded) with word ids, POS classes, sample ids and a
-    special_tokens_mask."""
-    g = torch.Generator().manual_seed(seed)
+    """BERT-like rows (left or right padded), and rich_kwargs' word ids and POS classes plus
+    sample ids and a special_tokens_mask."""
     ids, att = bert_batch(B, L, seed=seed, min_len=0)
     if left:
         shifts = (L - att.sum(1)).tolist()  # the padding moves to the front
         ids = torch.stack([r.roll(s) for r, s in zip(ids, shifts, strict=True)])
         att = torch.stack([r.roll(s) for r, s in zip(att, shifts, strict=True)])
-    words = runs_word_ids(eligible_of(ids, att), g, p_new=0.5)
-    return (
-        ids,
-        att,
-        {
-            "word_ids": words,
-            "pos_ids": torch.randint(0, 17, ids.shape, generator=g, dtype=torch.uint8),
-            "pos_probs": [0.1 * (i % 7) for i in range(17)],
-            "sample_ids": torch.randint(-(2**62), 2**62, (B,), generator=g),
-            "special_tokens_mask": (torch.rand(B, L, generator=g) < 0.05).long(),
-        },
-    )
+    rich = rich_kwargs(ids, att, g_seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    extra = {key: rich[key] for key in ("word_ids", "pos_ids", "pos_probs")}
+    extra["sample_ids"] = torch.randint(-(2**62), 2**62, (B,), generator=g)
+    extra["special_tokens_mask"] = (torch.rand(B, L, generator=g) < 0.05).long()
+    return ids, att, extra
 
 
 # Lengths around the Bernoulli kernel's block of 512 tokens and its 4-token vectors; in exact

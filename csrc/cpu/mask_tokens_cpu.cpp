@@ -317,6 +317,14 @@ MLMFAST_ALWAYS_INLINE bool label_selected(const MaskParams& P, const T* ids, int
   return true;
 }
 
+// Philox4x32-10 of the n counters (ctr[i], epoch, sample id) under the row's key: x..w[i].
+inline void row_philox(const RowKey& key, int n, const uint32_t* ctr, uint32_t* x, uint32_t* y,
+                       uint32_t* z, uint32_t* w) {
+  philox_batch(n, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
+               static_cast<uint32_t>(key.sample_id >> 32), u32x2{key.seed_lo, key.seed_hi}, x, y, z,
+               w);
+}
+
 // label_selected, then the 80/10/10 draws as one Philox batch and their replacements.
 template <typename T, typename TO>
 MLMFAST_ALWAYS_INLINE void replace_selected(const MaskParams& P, const RowKey& key, const T* ids,
@@ -325,9 +333,7 @@ MLMFAST_ALWAYS_INLINE void replace_selected(const MaskParams& P, const RowKey& k
                                             uint32_t* rw) {
   if (!label_selected(P, ids, c, sel, ns, o, l, ctr)) return;
   const uint64_t t_rand = P.t_mask + P.t_random;
-  philox_batch(ns, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
-               static_cast<uint32_t>(key.sample_id >> 32), u32x2{key.seed_lo, key.seed_hi}, rx, ry,
-               rz, rw);
+  row_philox(key, ns, ctr, rx, ry, rz, rw);
   for (int i = 0; i < ns; ++i) {
     const int64_t j = c + sel[i];
     if (hits(rx[i], P.t_mask))
@@ -349,6 +355,23 @@ inline void block_order(int n, const uint32_t* x, const uint32_t* y, const uint3
   }
 }
 
+// The draws of the n counters in ctr (see row_philox) in block order: u[4 * i + k] = word k of
+// counter i. x..w: scratch of n words each.
+inline void row_draws(const RowKey& key, int n, const uint32_t* ctr, uint32_t* x, uint32_t* y,
+                      uint32_t* z, uint32_t* w, uint32_t* u) {
+  row_philox(key, n, ctr, x, y, z, w);
+  block_order(n, x, y, z, w, u);
+}
+
+// The selection counters of a chunk's first `last` tokens (the chunk starts at position c,
+// counted from the row's first attended token): one per block of 4. Returns how many.
+inline int selection_counters(int64_t c, int last, uint32_t* ctr) {
+  const int nb = (last + 3) >> 2;
+  const uint32_t b0 = static_cast<uint32_t>(c >> 2);
+  for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
+  return nb;
+}
+
 // Fast path for rows without word ids or POS classes: the row goes in chunks; the selection
 // draws of a chunk come from one vectorised Philox batch (and only up to its last selectable
 // token, so padding costs no draws), decisions are branch-free, and only the selected tokens
@@ -368,9 +391,6 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
   const bool check_range = P.n_special > kInlineSpecials;
   const int64_t smin = check_range ? P.special[0] : P.vocab_size;
   const uint64_t span = check_range ? static_cast<uint64_t>(P.special[P.n_special - 1] - smin) : 0;
-  const u32x2 k{key.seed_lo, key.seed_hi};
-  const uint32_t sid_lo = static_cast<uint32_t>(key.sample_id);
-  const uint32_t sid_hi = static_cast<uint32_t>(key.sample_id >> 32);
   const uint32_t t32 = static_cast<uint32_t>(std::min<uint64_t>(P.t_select, 0xFFFFFFFFu));
   const uint8_t t_all = P.t_select >= kOne;
   bool any_bad = false;
@@ -389,11 +409,7 @@ void plain_row(const MaskInputs& in, const MaskParams& P, const RowKey& key, con
     std::fill(l + c, l + c + m, static_cast<TO>(kIgnoreIndex));
     const int mm = scan.last;
     if (mm == 0) continue;
-    const int nb = (mm + 3) >> 2;
-    const uint32_t b0 = static_cast<uint32_t>(c >> 2);
-    for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
-    philox_batch(nb, ctr, key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-    block_order(nb, rx, ry, rz, rw, u);
+    row_draws(key, selection_counters(c, mm, ctr), ctr, rx, ry, rz, rw, u);
     decide_chunk(mm, idb, allow, u, t32, t_all, smin, span, cand, rng);
     const int ns = compact(mm, idb, cand, rng, check_range, P, sel);
     if (ns) replace_selected(P, key, ids, c, sel, ns, o, l, ctr, rx, ry, rz, rw);
@@ -1112,8 +1128,12 @@ void plain_rows_grouped(const MaskInputs& in, const MaskParams& P, int64_t b0, i
 #endif
 
 // A POS class outside the table or a word id >= 2^32 in the row at base (every token, attended
-// or not, is checked): then its tokens go through check_token, which also checks the ids.
-inline bool row_suspect(const MaskInputs& in, const MaskParams& P, int64_t base, int64_t L) {
+// or not, is checked): then every token goes through check_token, which also checks the ids
+// (noted here, reported after the parallel region), and the function returns true: the chunk
+// scans need not check the ids again.
+template <typename T>
+bool check_row_if_suspect(const MaskInputs& in, const MaskParams& P, int64_t base, int64_t L,
+                          const T* ids, Problems& pr) {
   bool suspect = false;
   if (in.pos_ids) {
     for (int64_t j = 0; j < L; ++j) suspect |= in.pos_ids[base + j] >= P.n_pos;
@@ -1121,6 +1141,9 @@ inline bool row_suspect(const MaskInputs& in, const MaskParams& P, int64_t base,
   if (in.word_ids && in.word_kind == kInt64) {  // int32 word ids are always below 2^32
     const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
     for (int64_t j = 0; j < L; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
+  }
+  if (suspect) {
+    for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, ids[j], pr);
   }
   return suspect;
 }
@@ -1153,14 +1176,8 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   pass_through(r.ids, L, out, lab);
-  const bool suspect = row_suspect(in, P, base, L);
-  if (suspect) {  // noted here, reported after the parallel region
-    for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
-  }
+  const bool suspect = check_row_if_suspect(in, P, base, L, r.ids, pr);
   const T* ids = r.ids + r.start;
-  const u32x2 k{r.key.seed_lo, r.key.seed_hi};
-  const uint32_t sid_lo = static_cast<uint32_t>(r.key.sample_id);
-  const uint32_t sid_hi = static_cast<uint32_t>(r.key.sample_id >> 32);
   const int64_t n = L - r.start;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
@@ -1186,16 +1203,9 @@ void bernoulli_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& 
     }
     if (nw) {
       for (int i = 0; i < nw; ++i) ctr[i] = kTagWord | (wblk[i] & kIndexMask);
-      philox_batch(nw, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-      block_order(nw, rx, ry, rz, rw, wu);
+      row_draws(r.key, nw, ctr, rx, ry, rz, rw, wu);
     }
-    if (token_draws) {
-      const int nb = (last + 3) >> 2;
-      const uint32_t b0 = static_cast<uint32_t>(c >> 2);
-      for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
-      philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-      block_order(nb, rx, ry, rz, rw, tu);
-    }
+    if (token_draws) row_draws(r.key, selection_counters(c, last, ctr), ctr, rx, ry, rz, rw, tu);
     int ns = 0;
     for (int q = 0; q < last; ++q) {
       if (!allow[q]) continue;
@@ -1267,6 +1277,7 @@ struct ExactScratch {
   std::vector<int64_t> unit_of;  // by position (relative to the first attended token)
   std::vector<WordRun> runs;
   std::vector<uint32_t> blocks;  // distinct word blocks (word id >> 2)
+  std::vector<uint32_t> word_u;  // their draws, in block order
   std::vector<uint8_t> taken;
   std::vector<int32_t> order;
   std::vector<uint64_t> keys, spill;
@@ -1287,15 +1298,9 @@ void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   pass_through(r.ids, L, out, lab);
-  const bool suspect = row_suspect(in, P, base, L);
-  if (suspect) {  // noted here, reported after the parallel region
-    for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, r.ids[j], pr);
-  }
+  const bool suspect = check_row_if_suspect(in, P, base, L, r.ids, pr);
   const T* ids = r.ids + r.start;
   const int64_t n = L - r.start;
-  const u32x2 k{r.key.seed_lo, r.key.seed_hi};
-  const uint32_t sid_lo = static_cast<uint32_t>(r.key.sample_id);
-  const uint32_t sid_hi = static_cast<uint32_t>(r.key.sample_id >> 32);
   S.units.clear();
   S.runs.clear();
   S.unit_of.assign(n, -1);
@@ -1325,11 +1330,7 @@ void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T
       }
     }
     if (S.units.size() > first_token_unit) {  // the chunk's selection draws
-      const int nb = (last + 3) >> 2;
-      const uint32_t b0 = static_cast<uint32_t>(c >> 2);
-      for (int i = 0; i < nb; ++i) ctr[i] = kTagSelect | ((b0 + i) & kIndexMask);
-      philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-      block_order(nb, rx, ry, rz, rw, tu);
+      row_draws(r.key, selection_counters(c, last, ctr), ctr, rx, ry, rz, rw, tu);
       for (size_t i = first_token_unit; i < S.units.size(); ++i)
         S.units[i].u = tu[S.units[i].first - c];
     }
@@ -1357,39 +1358,34 @@ void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T
           token_threshold(P, in.pos_ids ? in.pos_ids[base + r.start + head.start] : 0);
       const uint32_t block = static_cast<uint32_t>(head.w) >> 2;
       if (S.blocks.empty() || S.blocks.back() != block) S.blocks.push_back(block);
-      // u: for now the index of the word's block and its lane; its draw below
+      // u: for now where the word's draw will be in word_u (its block's, lane w & 3)
       S.units.push_back(Unit{
           static_cast<uint32_t>((S.blocks.size() - 1) << 2 | (static_cast<uint32_t>(head.w) & 3u)),
           t, head.start, size});
       i = e;
     }
-    // the words' draws, kChunk blocks per Philox batch
-    size_t next = first_word_unit;
+    // the words' draws in block order, kChunk blocks per Philox batch
+    S.word_u.resize(4 * S.blocks.size());
     for (size_t b0 = 0; b0 < S.blocks.size(); b0 += kChunk) {
       const int nb = static_cast<int>(std::min<size_t>(kChunk, S.blocks.size() - b0));
       for (int i = 0; i < nb; ++i) ctr[i] = kTagWord | (S.blocks[b0 + i] & kIndexMask);
-      philox_batch(nb, ctr, r.key.epoch, sid_lo, sid_hi, k, rx, ry, rz, rw);
-      const uint32_t* lanes[4] = {rx, ry, rz, rw};
-      for (; next < S.units.size() && (S.units[next].u >> 2) < b0 + nb; ++next) {
-        const uint32_t slot = S.units[next].u;
-        S.units[next].u = lanes[slot & 3u][(slot >> 2) - b0];
-      }
+      row_draws(r.key, nb, ctr, rx, ry, rz, rw, S.word_u.data() + 4 * b0);
     }
+    for (size_t i = first_word_unit; i < S.units.size(); ++i) S.units[i].u = S.word_u[S.units[i].u];
   }
   const uint64_t budget = exact_budget(tsum, any_positive);
   std::vector<Unit>& units = S.units;
   std::vector<int32_t>& order = S.order;
   S.taken.assign(units.size(), 0);
-  bool single = true;
   auto rankable = [&] {  // the units that can be selected (t > 0), in unit order
     order.clear();
     for (size_t i = 0; i < units.size(); ++i) {
-      if (units[i].t == 0) continue;
-      order.push_back(static_cast<int32_t>(i));
-      single &= units[i].size == 1;
+      if (units[i].t > 0) order.push_back(static_cast<int32_t>(i));
     }
   };
   rankable();
+  const bool single =
+      std::all_of(order.begin(), order.end(), [&](int32_t i) { return units[i].size == 1; });
   auto before = [&](int32_t a, int32_t b) {
     const Unit &A = units[a], &B = units[b];
     return ranks_before(A.u, A.t, A.first, B.u, B.t, B.first);
@@ -1408,7 +1404,7 @@ void exact_row(const MaskInputs& in, const MaskParams& P, const RowView<T>& r, T
                   static_cast<uint64_t>(units[order[i]].first);
     if (M > 0 && M < S.keys.size()) smallest_first(S.keys, M, S.spill);
     if (!single) std::sort(S.keys.begin(), S.keys.begin() + static_cast<int64_t>(M));
-    for (size_t i = 0; i < order.size(); ++i)
+    for (size_t i = 0; i < M; ++i)  // the walk reads no further (past M it rebuilds the order)
       order[i] = static_cast<int32_t>(S.unit_of[static_cast<int64_t>(S.keys[i] & 0xFFFFFFFFu)]);
   } else {
     if (M < order.size())
@@ -1457,6 +1453,7 @@ void exact_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>
                      TO* lab, Problems& pr, std::vector<uint64_t>& keys,
                      std::vector<uint64_t>& spill) {
   alignas(64) uint32_t ctr[kChunk], rx[kChunk], ry[kChunk], rz[kChunk], rw[kChunk];
+  alignas(64) uint32_t u[kChunk + 4];
   alignas(64) uint8_t allow[kChunk];
   alignas(64) int32_t sel[kChunk];
   const int64_t L = in.length;
@@ -1469,17 +1466,10 @@ void exact_row_plain(const MaskInputs& in, const MaskParams& P, const RowView<T>
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int last = eligible_chunk(m, ids + c, in, base + r.start + c, P, allow, false, pr);
     if (P.t_select == 0 || last == 0) continue;
-    const int nb = (last + 3) >> 2;
-    for (int i = 0; i < nb; ++i)
-      ctr[i] = kTagSelect | ((static_cast<uint32_t>(c >> 2) + i) & kIndexMask);
-    philox_batch(nb, ctr, r.key.epoch, static_cast<uint32_t>(r.key.sample_id),
-                 static_cast<uint32_t>(r.key.sample_id >> 32), u32x2{r.key.seed_lo, r.key.seed_hi},
-                 rx, ry, rz, rw);
+    row_draws(r.key, selection_counters(c, last, ctr), ctr, rx, ry, rz, rw, u);
     for (int q = 0; q < last; ++q) {
-      if (!allow[q]) continue;
-      const int b = q >> 2;
-      const uint32_t u = (q & 3) == 0 ? rx[b] : (q & 3) == 1 ? ry[b] : (q & 3) == 2 ? rz[b] : rw[b];
-      keys.push_back(static_cast<uint64_t>(u) << 32 | static_cast<uint64_t>(c + q));
+      if (allow[q])
+        keys.push_back(static_cast<uint64_t>(u[q]) << 32 | static_cast<uint64_t>(c + q));
     }
   }
   const uint64_t units = keys.size();
