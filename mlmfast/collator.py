@@ -113,6 +113,7 @@ def _pad_rows(
     out = torch.empty((n, length), dtype=dtype)
     _C.gather_rows(
         flat.data_ptr(),
+        flat.numel(),
         starts.ctypes.data,
         lengths.ctypes.data,
         n,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 import mlmfast  # noqa: F401  (registers torch.ops.mlmfast.*)
+
+# Verification stamps of the tests' shards go to a directory of this run, not the user's cache
+# (subprocesses inherit it).
+os.environ["MLMFAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="mlmfast-test-cache-")
 
 
 def _cuda_kernel_available() -> bool:

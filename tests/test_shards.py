@@ -152,6 +152,7 @@ def test_removed_shard(shard_dir):
 def test_wrong_row_count(shard_dir):
     m = json.loads((shard_dir / MANIFEST).read_text())
     m["shards"][0]["rows"] += 1
+    m["rows"] += 1  # consistent with itself: the file's own row count must catch it
     (shard_dir / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(ShardError, match="shard-00000.arrow: 4 rows, the manifest records 5"):
         open_shards(shard_dir)

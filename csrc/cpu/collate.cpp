@@ -182,17 +182,19 @@ void fill_pad(char* at, Py_ssize_t n, int elem, long long pad) {
   }
 }
 
-// gather_rows(values_address, starts_address, lengths_address, rows, address, length,
-// element_size, pad_value, left): out row i = values[starts[i] : starts[i] + lengths[i]], padded
-// to `length` with pad_value on the right (or the left); one memcpy per row. Serves rows picked
-// in any order from an Arrow list column, and rows stored back to back (a concatenation).
+// gather_rows(values_address, values_count, starts_address, lengths_address, rows, address,
+// length, element_size, pad_value, left): out row i = values[starts[i] : starts[i] + lengths[i]],
+// padded to `length` with pad_value on the right (or the left); one memcpy per row. Serves rows
+// picked in any order from an Arrow list column, and rows stored back to back (a concatenation).
+// Every row is checked against the values buffer first: offsets read from a file never make it
+// copy from outside that buffer, and a bad row leaves the output untouched.
 PyObject* gather_rows(PyObject*, PyObject* args) {
   unsigned long long values_addr, starts_addr, len_addr, addr;
-  Py_ssize_t n, length;
+  Py_ssize_t count, n, length;
   int elem, left;
   long long pad;
-  if (!PyArg_ParseTuple(args, "KKKnKniLp", &values_addr, &starts_addr, &len_addr, &n, &addr,
-                        &length, &elem, &pad, &left))
+  if (!PyArg_ParseTuple(args, "KnKKnKniLp", &values_addr, &count, &starts_addr, &len_addr, &n,
+                        &addr, &length, &elem, &pad, &left))
     return nullptr;
   if (elem != 1 && elem != 4 && elem != 8) {
     PyErr_SetString(PyExc_ValueError, "gather_rows: element_size must be 1, 4 or 8");
@@ -203,9 +205,17 @@ PyObject* gather_rows(PyObject*, PyObject* args) {
   const int64_t* lengths = reinterpret_cast<const int64_t*>(len_addr);
   char* out = reinterpret_cast<char*>(addr);
   for (Py_ssize_t i = 0; i < n; ++i) {
-    if (lengths[i] < 0 || lengths[i] > length || starts[i] < 0) {
-      PyErr_Format(PyExc_ValueError, "gather_rows: row %zd has %lld elements, more than %zd", i,
+    if (lengths[i] < 0 || lengths[i] > length) {
+      PyErr_Format(PyExc_ValueError, "gather_rows: row %zd has %lld elements, expected 0 to %zd", i,
                    static_cast<long long>(lengths[i]), length);
+      return nullptr;
+    }
+    // no overflow: 0 <= lengths[i] <= length, and starts[i] is compared before the addition
+    if (starts[i] < 0 || starts[i] > count || lengths[i] > count - starts[i]) {
+      PyErr_Format(PyExc_ValueError,
+                   "gather_rows: row %zd spans elements %lld to %lld, outside the %zd values", i,
+                   static_cast<long long>(starts[i]),
+                   static_cast<long long>(starts[i]) + static_cast<long long>(lengths[i]), count);
       return nullptr;
     }
   }

@@ -22,15 +22,25 @@ Columns of a shard:
   ``input_ids`` is, else ``list<uint8>``;
 * ``token_type_ids`` (optional): ``list<int32>``.
 
-Files are uncompressed so that ``pyarrow.memory_map`` serves rows straight from the page cache.
+Files are uncompressed so that a memory map serves rows straight from the page cache.
 Every write goes to a temporary file in the same directory, is fsynced and renamed over the
 final name, so a reader never sees half a shard.
+
+Reading is safe against any bytes in a shard file or its manifest: every shard is checked when
+a process maps it (:class:`ShardFile`: Arrow's full validation, the column types, list offsets
+inside their buffers, row lengths within ``max_length``, per-token columns as long as
+``input_ids``, ids inside the vocabulary), so a damaged or hostile file gives a
+:class:`ShardError` naming it, never a read outside the file or ids the model cannot embed. Its
+content is checked against the manifest's sha256 too: by default once per machine (``verify=
+"once"``: a stamp under the cache directory records that this exact file, by device, inode,
+size, mtime and ctime, matched), or every time (``"always"``), or never (``"never"``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from collections.abc import Sequence
@@ -43,12 +53,16 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:05d}.arrow"
 _FIX = "re-run `mlmfast prepare` (with --overwrite) to rebuild the shard set"
+VERIFY_MODES = ("once", "always", "never")
+CACHE_ENV = "MLMFAST_CACHE_DIR"
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "ShardError",
+    "ShardFile",
     "ShardSet",
+    "VERIFY_MODES",
     "ShardWriter",
     "atomic_write_bytes",
     "file_sha256",
@@ -279,13 +293,56 @@ def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
     atomic_write_json(os.path.join(directory, MANIFEST), manifest)
 
 
+def verify_mode(verify: bool | str) -> str:
+    """``verify`` as one of :data:`VERIFY_MODES` (True is ``"always"``, False ``"never"``)."""
+    if verify is True:
+        return "always"
+    if verify is False:
+        return "never"
+    if isinstance(verify, str) and verify in VERIFY_MODES:
+        return verify
+    raise ValueError(
+        f"verify must be 'once' (each shard's sha256 checked on its first use on this machine), "
+        f"'always', 'never', True or False; got {verify!r}"
+    )
+
+
+def cache_dir() -> str:
+    """Where mlmfast keeps per-machine state (verification stamps): ``$MLMFAST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/mlmfast``, else ``~/.cache/mlmfast``."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mlmfast")
+
+
+def _stamp(st: os.stat_result, sha256: str) -> str:
+    # ctime cannot be set back by a user (touch -d sets mtime only): any write to the file, or a
+    # new file under the name, gives another stamp
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{sha256}"
+    return os.path.join(
+        cache_dir(), "verified", hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+    )
+
+
+def _write_stamp(path: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError:  # a read-only cache: the shard is hashed again next time, nothing is lost
+        pass
+
+
 @dataclass
 class ShardSet:
-    """A validated shard directory: its manifest and the absolute paths of its shards."""
+    """A validated shard directory: its manifest, the absolute paths of its shards, and how
+    their content is checked when they are read (``verify``, one of :data:`VERIFY_MODES`)."""
 
     directory: str
     manifest: dict[str, Any]
     paths: list[str]
+    verify: str = "once"
 
     @property
     def rows_per_shard(self) -> list[int]:
@@ -304,9 +361,232 @@ class ShardSet:
         pad = self.manifest["tokenizer"].get("pad_token_id")
         return 0 if pad is None else int(pad)
 
+    @property
+    def vocab_size(self) -> int | None:
+        return self.manifest["tokenizer"].get("vocab_size")
+
+    def open(self, k: int) -> ShardFile:
+        """Shard ``k`` memory-mapped, checked (see :class:`ShardFile`)."""
+        return ShardFile(self.paths[k], self.manifest["shards"][k], self, self.verify)
+
+
+# Columns the loader reads: (element type, may be fixed_size_list, allowed value range).
+def _column_rules(vocab_size: int | None) -> dict[str, tuple[str, bool, tuple[int, int | None]]]:
+    from mlmfast import pos
+
+    return {
+        "input_ids": ("int32", True, (0, vocab_size)),
+        "word_ids": ("int32", False, (-1, None)),
+        "pos_ids": ("uint8", True, (0, pos.NUM_CLASSES)),
+        "token_type_ids": ("int32", False, (0, 2)),
+    }
+
+
+class ShardFile:
+    """One shard, memory-mapped and checked; ``columns`` maps a column name to numpy views into
+    the mapped file (no copy): ``(values [rows, width], None, width)`` for a fixed-size list,
+    ``(values, offsets, None)`` for a list, ``(values, None, None)`` for ``sample_id``.
+
+    Checked on every open, in O(rows + tokens) with no Python loop per row: Arrow's full
+    validation, the row count, column types, no nulls, list offsets inside their values,
+    row lengths within ``max_length``, per-token columns as long as ``input_ids`` row by row,
+    values in range (ids inside ``[0, vocab_size)``, POS classes known, token types 0/1, word ids
+    >= -1). With ``verify`` ``"once"`` or ``"always"`` the file's sha256 is checked against
+    ``entry`` first (see the module docstring). Every failure is a :class:`ShardError` naming the
+    file."""
+
+    def __init__(self, path: str, entry: dict[str, Any], shards: ShardSet, verify: str = "once"):
+        pa = _pa()
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_size != entry.get("bytes", st.st_size):
+                    self._fail(f"{st.st_size} bytes, the manifest records {entry['bytes']}")
+                if st.st_size == 0:
+                    self._fail("empty file")
+                # the map of this very file (fstat of its descriptor): a file renamed over the
+                # path meanwhile cannot pass on the other file's stamp
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise ShardError(f"{path}: cannot be read ({e}); {_FIX}") from None
+        if verify != "never":
+            stamp = _stamp(st, entry["sha256"]) if verify == "once" else None
+            if stamp is None or not os.path.exists(stamp):
+                if hashlib.sha256(self._map).hexdigest() != entry["sha256"]:
+                    self._fail("sha256 does not match the manifest (corrupt or modified)")
+                if stamp is not None:
+                    _write_stamp(stamp)
+        try:
+            reader = pa.ipc.open_file(pa.py_buffer(self._map))
+            if reader.num_record_batches == 1:
+                batch = reader.get_batch(0)
+            else:
+                table = reader.read_all().combine_chunks()
+                batch = table.to_batches()[0] if table.num_rows else None
+                if batch is None:
+                    batch = pa.RecordBatch.from_pylist([], schema=table.schema)
+            batch.validate(full=True)
+        except (pa.ArrowException, ValueError, OSError) as e:
+            self._fail(f"not a valid Arrow IPC shard ({e})")
+        self.rows = batch.num_rows
+        if self.rows != entry["rows"]:
+            self._fail(f"{self.rows} rows, the manifest records {entry['rows']}")
+        self.columns: dict[str, tuple[np.ndarray, np.ndarray | None, int | None]] = {}
+        self._read_sample_ids(pa, batch)
+        rules = _column_rules(shards.vocab_size)
+        lengths = None
+        for name in ("input_ids", *(c for c in rules if c != "input_ids")):
+            if name not in batch.schema.names:
+                if name == "input_ids":
+                    self._fail("has no input_ids column")
+                continue
+            got = self._read_list(pa, name, batch.column(name), rules[name], shards.max_length)
+            if lengths is None:
+                lengths = got
+            elif not np.array_equal(got, lengths):
+                row = int(np.flatnonzero(got != lengths)[0])
+                self._fail(
+                    f"row {row} has {got[row]} {name} for {lengths[row]} input_ids "
+                    "(per-token columns must match input_ids)"
+                )
+
+    def _fail(self, what: str):
+        raise ShardError(f"{self.path}: {what}; {_FIX}")
+
+    def _read_sample_ids(self, pa, batch) -> None:
+        if "sample_id" not in batch.schema.names:
+            self._fail("has no sample_id column")
+        col = batch.column("sample_id")
+        if col.type != pa.int64() or col.null_count:
+            self._fail(f"sample_id must be int64 without nulls, found {col.type}")
+        self.columns["sample_id"] = (col.to_numpy(zero_copy_only=True), None, None)
+
+    def _read_list(self, pa, name: str, col, rule, max_length: int) -> np.ndarray:
+        """Views of list column ``name`` after its checks; returns its row lengths."""
+        element, fixed_ok, (lo, hi) = rule
+        fixed = pa.types.is_fixed_size_list(col.type)
+        if not (fixed and fixed_ok) and not pa.types.is_list(col.type):
+            kinds = "list or fixed_size_list" if fixed_ok else "list"
+            self._fail(f"{name} must be a {kinds} of {element}, found {col.type}")
+        if str(col.type.value_type) != element:
+            self._fail(f"{name} must hold {element} values, found {col.type.value_type}")
+        if col.null_count:
+            self._fail(f"{name} has {col.null_count} null rows")
+        if fixed:
+            width = col.type.list_size
+            if not 1 <= width <= max_length:
+                self._fail(f"{name} rows of {width} tokens, max_length is {max_length}")
+            flat = col.flatten()
+            if flat.null_count:
+                self._fail(f"{name} has null values")
+            values = flat.to_numpy(zero_copy_only=True)
+            self.columns[name] = (values.reshape(-1, width), None, width)
+            used, lengths = values, np.full(self.rows, width, dtype=np.int64)
+        else:
+            # Arrow's full validation proved the offsets monotonic and inside the values
+            if col.values.null_count:
+                self._fail(f"{name} has null values")
+            offsets = col.offsets.to_numpy(zero_copy_only=True)
+            values = col.values.to_numpy(zero_copy_only=True)
+            lengths = np.diff(offsets).astype(np.int64)
+            if len(lengths) and int(lengths.max()) > max_length:
+                row = int(np.argmax(lengths))
+                self._fail(
+                    f"{name} row {row} has {lengths[row]} tokens, max_length is {max_length}"
+                )
+            self.columns[name] = (values, offsets, None)
+            used = values[offsets[0] : offsets[-1]] if len(offsets) else values[:0]
+        if len(used):
+            vmin, vmax = int(used.min()), int(used.max())
+            if vmin < lo or (hi is not None and vmax >= hi):
+                bad = vmin if vmin < lo else vmax
+                where = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+                extra = " (vocab_size in the manifest)" if name == "input_ids" else ""
+                self._fail(f"{name} holds {bad}, outside {where}{extra}")
+        return lengths
+
+    def lengths(self, name: str, idx: np.ndarray) -> np.ndarray:
+        values, offsets, width = self.columns[name]
+        if width is not None:
+            return np.full(len(idx), width, dtype=np.int64)
+        return (offsets[idx + 1] - offsets[idx]).astype(np.int64)
+
+    def row_lengths(self) -> np.ndarray:
+        """Token count of every row (int32)."""
+        values, offsets, width = self.columns["input_ids"]
+        if width is not None:
+            return np.full(self.rows, width, dtype=np.int32)
+        return np.diff(offsets).astype(np.int32)
+
+
+def _manifest_error(mpath: str, what: str) -> ShardError:
+    return ShardError(f"{mpath}: {what}; {_FIX}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_manifest(mpath: str, manifest: Any) -> None:
+    """The manifest fields mlmfast reads, with their types, before anything uses them: a
+    damaged manifest is a named error, never a TypeError deep in the loader."""
+    if not isinstance(manifest, dict):
+        raise _manifest_error(mpath, f"must hold a JSON object, found {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ShardError(
+            f"{mpath}: format_version {version!r}, this mlmfast reads {FORMAT_VERSION}; "
+            f"{_FIX} with this version of mlmfast"
+        )
+    if not _is_int(manifest.get("max_length")) or manifest["max_length"] < 1:
+        raise _manifest_error(mpath, f"max_length {manifest.get('max_length')!r} is not >= 1")
+    tok = manifest.get("tokenizer")
+    if not isinstance(tok, dict):
+        raise _manifest_error(mpath, "has no tokenizer record")
+    for key in ("pad_token_id", "vocab_size"):
+        if tok.get(key) is not None and (not _is_int(tok[key]) or tok[key] < 0):
+            raise _manifest_error(mpath, f"tokenizer.{key} {tok[key]!r} is not an id")
+    columns = manifest.get("columns")
+    if columns is not None and (
+        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+    ):
+        raise _manifest_error(mpath, f"columns {columns!r} is not a list of names")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise _manifest_error(mpath, "has no list of shards")
+    names = set()
+    for i, e in enumerate(shards):
+        name = e.get("file") if isinstance(e, dict) else None
+        # a plain name in the directory: a manifest never makes mlmfast open another file
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..", MANIFEST)
+            or os.path.basename(name) != name
+            or "/" in name
+            or "\\" in name
+            or "\0" in name
+        ):
+            raise _manifest_error(
+                mpath, f"shard {i} names {name!r}; shard files must be plain names in its directory"
+            )
+        if name in names:
+            raise _manifest_error(mpath, f"lists {name} twice")
+        names.add(name)
+        bad = [k for k in ("rows", "bytes") if not _is_int(e.get(k)) or e[k] < 0]
+        sha = e.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64:
+            bad.append("sha256")
+        if bad:
+            raise _manifest_error(mpath, f"shard {name}: {', '.join(bad)} missing or invalid")
+    if manifest.get("rows") != sum(e["rows"] for e in shards):
+        raise _manifest_error(
+            mpath, f"rows {manifest.get('rows')!r} is not the sum of its shards' rows"
+        )
+
 
 def _count_rows(path: str) -> tuple[int, list[str]]:
-    """(rows, column names) of a shard file."""
+    """(rows, column names) of a shard file, from its metadata."""
     pa = _pa()
     with pa.memory_map(path, "r") as source:
         reader = pa.ipc.open_file(source)
@@ -314,14 +594,18 @@ def _count_rows(path: str) -> tuple[int, list[str]]:
         return rows, list(reader.schema.names)
 
 
-def open_shards(directory: str, *, verify: bool = False, tokenizer: Any = None) -> ShardSet:
+def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any = None) -> ShardSet:
     """Validate a shard directory and return its :class:`ShardSet`.
 
-    Checks that ``manifest.json`` exists and has a known ``format_version``, that every shard
-    file exists with the size and row count the manifest records, with ``verify=True`` that its
-    sha256 matches, and with a ``tokenizer`` that the shards were made with the same vocabulary.
-    Each failure raises :class:`ShardError` naming the file and the fix.
+    Checks that ``manifest.json`` exists, has a known ``format_version`` and well-formed fields,
+    names only files inside the directory, that every shard file exists with the size and row
+    count the manifest records, and with a ``tokenizer`` that the shards were made with the same
+    vocabulary. ``verify``: how shard content is checked against the manifest's sha256 when a
+    shard is read, ``"once"`` per machine (default), ``"always"`` or ``"never"`` (True and False
+    mean ``"always"`` and ``"never"``); with ``"always"`` every shard is also hashed here. Each
+    failure raises :class:`ShardError` naming the file and the fix.
     """
+    mode = verify_mode(verify)
     directory = os.path.abspath(directory)
     mpath = os.path.join(directory, MANIFEST)
     if not os.path.isdir(directory):
@@ -338,19 +622,14 @@ def open_shards(directory: str, *, verify: bool = False, tokenizer: Any = None) 
             manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise ShardError(f"{mpath}: unreadable manifest ({e}); {_FIX}") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ShardError(
-            f"{mpath}: format_version {version!r}, this mlmfast reads {FORMAT_VERSION}; "
-            f"{_FIX} with this version of mlmfast"
-        )
+    _check_manifest(mpath, manifest)
     if tokenizer is not None:
         want = vocab_hash(tokenizer)
-        have = manifest.get("tokenizer", {}).get("vocab_hash")
+        have = manifest["tokenizer"].get("vocab_hash")
         if want != have:
             raise ShardError(
                 f"{mpath}: shards were made with tokenizer "
-                f"{manifest.get('tokenizer', {}).get('name')!r} (vocab hash {str(have)[:12]}), "
+                f"{manifest['tokenizer'].get('name')!r} (vocab hash {str(have)[:12]}), "
                 f"not with the given one (vocab hash {want[:12]}); re-run `mlmfast prepare "
                 f"--tokenizer` with this tokenizer, or load the tokenizer the shards were made with"
             )
@@ -358,18 +637,22 @@ def open_shards(directory: str, *, verify: bool = False, tokenizer: Any = None) 
         from mlmfast import pos
 
         freqs = manifest.get("pos_class_frequencies")
-        if not isinstance(freqs, list) or len(freqs) != pos.NUM_CLASSES:
+        if (
+            not isinstance(freqs, list)
+            or len(freqs) != pos.NUM_CLASSES
+            or not all(isinstance(f, int | float) and not isinstance(f, bool) for f in freqs)
+        ):
             raise ShardError(
                 f"{mpath}: pos_ids shards need pos_class_frequencies with {pos.NUM_CLASSES} "
                 f"entries (UPOS + special), found {freqs!r}; {_FIX}"
             )
     paths = []
-    for entry in manifest.get("shards", []):
+    for entry in manifest["shards"]:
         path = os.path.join(directory, entry["file"])
         if not os.path.isfile(path):
             raise ShardError(f"{path}: listed in {MANIFEST} but missing; {_FIX}")
         size = os.path.getsize(path)
-        if "bytes" in entry and size != entry["bytes"]:
+        if size != entry["bytes"]:
             raise ShardError(
                 f"{path}: {size} bytes, the manifest records {entry['bytes']} "
                 f"(truncated or replaced); {_FIX}"
@@ -385,7 +668,7 @@ def open_shards(directory: str, *, verify: bool = False, tokenizer: Any = None) 
             raise ShardError(
                 f"{path}: lacks the column(s) {missing} that {MANIFEST} lists (has {names}); {_FIX}"
             )
-        if verify and file_sha256(path) != entry["sha256"]:
+        if mode == "always" and file_sha256(path) != entry["sha256"]:
             raise ShardError(f"{path}: sha256 does not match the manifest (corrupt); {_FIX}")
         paths.append(path)
-    return ShardSet(directory, manifest, paths)
+    return ShardSet(directory, manifest, paths, mode)

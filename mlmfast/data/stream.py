@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mlmfast import _C, pos
 from mlmfast.collator import FULL_ROWS_KEY, DataCollatorForLanguageModeling
-from mlmfast.data.shards import ShardSet, open_shards
+from mlmfast.data.shards import ShardFile, ShardSet, open_shards
 
 __all__ = ["ShardStream", "StreamLoader", "make_loader"]
 
@@ -70,83 +70,42 @@ _OUT_DTYPES = {
 }
 
 
-class _Shard:
-    """Numpy views of one memory-mapped shard (no copy: they point into the mapped file)."""
-
-    def __init__(self, path: str):
-        import pyarrow as pa
-        import pyarrow.ipc  # noqa: F401
-
-        self._source = pa.memory_map(path, "r")
-        reader = pa.ipc.open_file(self._source)
-        if reader.num_record_batches != 1:
-            table = reader.read_all().combine_chunks()
-            batch = table.to_batches()[0]
-        else:
-            batch = reader.get_batch(0)
-        self.rows = batch.num_rows
-        self.columns: dict[str, tuple[np.ndarray, np.ndarray | None, int | None]] = {}
-        for name in batch.schema.names:
-            col = batch.column(name)
-            if pa.types.is_fixed_size_list(col.type):
-                width = col.type.list_size
-                values = col.flatten().to_numpy(zero_copy_only=True)
-                self.columns[name] = (values.reshape(-1, width), None, width)
-            elif pa.types.is_list(col.type):
-                offsets = col.offsets.to_numpy(zero_copy_only=True)
-                values = col.values.to_numpy(zero_copy_only=True)
-                self.columns[name] = (values, offsets, None)
-            else:
-                self.columns[name] = (col.to_numpy(zero_copy_only=True), None, None)
-
-    def lengths(self, name: str, idx: np.ndarray) -> np.ndarray:
-        values, offsets, width = self.columns[name]
-        if width is not None:
-            return np.full(len(idx), width, dtype=np.int64)
-        return (offsets[idx + 1] - offsets[idx]).astype(np.int64)
-
-    def row_lengths(self) -> np.ndarray:
-        """Token count of every row (int32)."""
-        values, offsets, width = self.columns["input_ids"]
-        if width is not None:
-            return np.full(self.rows, width, dtype=np.int32)
-        return np.diff(offsets).astype(np.int32)
-
-    def gather(
-        self, name: str, idx: np.ndarray, out: np.ndarray, pad: int, scratch: _Scratch
-    ) -> None:
-        """Rows ``idx`` of a list column into ``out`` [k, L] (right-padded with ``pad``), in
-        ``out``'s dtype (int32 ids become int64 in the one copy into ``out``)."""
-        values, offsets, width = self.columns[name]
-        same = out.dtype == values.dtype
-        if width is not None:
-            if same and out.shape[1] == width:
-                np.take(values, idx, axis=0, out=out)
-                return
-            rows = np.take(values, idx, axis=0, out=scratch.get((len(idx), width), values))
-            out[:, :width] = rows
-            out[:, width:] = pad
+def _gather(
+    shard: ShardFile, name: str, idx: np.ndarray, out: np.ndarray, pad: int, scratch: _Scratch
+) -> None:
+    """Rows ``idx`` of a list column of a checked shard into ``out`` [k, L] (right-padded with
+    ``pad``), in ``out``'s dtype (int32 ids become int64 in the one copy into ``out``)."""
+    values, offsets, width = shard.columns[name]
+    same = out.dtype == values.dtype
+    if width is not None:
+        if same and out.shape[1] == width:
+            np.take(values, idx, axis=0, out=out)
             return
-        starts = offsets[idx].astype(np.int64)
-        lengths = offsets[idx + 1].astype(np.int64) - starts
-        if not out.flags.c_contiguous:
-            raise ValueError("gather: the output buffer must be C-contiguous")
-        # one memcpy per row in C (no [k, L] index arrays), in the column's own dtype: a
-        # conversion, when one is needed, then costs a batch, not the whole memory-mapped shard
-        dst = out if same else scratch.get(out.shape, values)
-        _C.gather_rows(
-            values.ctypes.data,
-            starts.ctypes.data,
-            lengths.ctypes.data,
-            len(idx),
-            dst.ctypes.data,
-            dst.shape[1],
-            dst.itemsize,
-            int(pad),
-            False,
-        )
-        if dst is not out:
-            np.copyto(out, dst)
+        rows = np.take(values, idx, axis=0, out=scratch.get((len(idx), width), values))
+        out[:, :width] = rows
+        out[:, width:] = pad
+        return
+    starts = offsets[idx].astype(np.int64)
+    lengths = offsets[idx + 1].astype(np.int64) - starts
+    if not out.flags.c_contiguous:
+        raise ValueError("gather: the output buffer must be C-contiguous")
+    # one memcpy per row in C (no [k, L] index arrays), in the column's own dtype: a
+    # conversion, when one is needed, then costs a batch, not the whole memory-mapped shard
+    dst = out if same else scratch.get(out.shape, values)
+    _C.gather_rows(
+        values.ctypes.data,
+        len(values),
+        starts.ctypes.data,
+        lengths.ctypes.data,
+        len(idx),
+        dst.ctypes.data,
+        dst.shape[1],
+        dst.itemsize,
+        int(pad),
+        False,
+    )
+    if dst is not out:
+        np.copyto(out, dst)
 
 
 class _Scratch:
@@ -189,7 +148,10 @@ class ShardStream(IterableDataset):
         drop_last: drop the last, short global batch.
         rank, world_size: default from ``torch.distributed`` when initialised, else 0 and 1.
         pad_to_max_length: pad to the manifest's ``max_length`` instead of the longest row.
-        verify, tokenizer: passed to :func:`~mlmfast.data.shards.open_shards`.
+        verify, tokenizer: passed to :func:`~mlmfast.data.shards.open_shards`: each shard's
+            sha256 is checked on its first use on this machine (``"once"``, the default),
+            every time it is mapped (``"always"``/True) or never (``"never"``/False); its
+            structure is checked every time, whatever ``verify`` says.
         bucket_window: group rows of similar length into batches, sorting windows of this many
             global batches (see the module docstring); None (default) does not.
     """
@@ -207,7 +169,7 @@ class ShardStream(IterableDataset):
         world_size: int | None = None,
         collator: Callable[[dict], Any] | None = None,
         pad_to_max_length: bool = False,
-        verify: bool = False,
+        verify: bool | str = "once",
         tokenizer: Any = None,
         bucket_window: int | None = None,
     ):
@@ -247,7 +209,7 @@ class ShardStream(IterableDataset):
         self._next_start = 0  # global batch the next iteration starts at
         self._cur_start: int | None = None  # start of the iteration in progress, if any
         self._delivered = 0
-        self._open: dict[int, _Shard] = {}
+        self._open: dict[int, ShardFile] = {}
         self._pid = os.getpid()
         self._pads = {
             "input_ids": self.pad_token_id,
@@ -266,12 +228,12 @@ class ShardStream(IterableDataset):
         state["_lengths"] = None  # N entries: a spawned worker rereads them from its maps
         return state
 
-    def _shard(self, k: int) -> _Shard:
+    def _shard(self, k: int) -> ShardFile:
         if self._pid != os.getpid():
             self._open, self._pid = {}, os.getpid()
         shard = self._open.get(k)
         if shard is None:
-            shard = self._open[k] = _Shard(self.shards.paths[k])
+            shard = self._open[k] = self.shards.open(k)
         return shard
 
     # -- order --
@@ -414,7 +376,7 @@ class ShardStream(IterableDataset):
         out = torch.empty((n, width), dtype=dtype)
         arr, pad = out.numpy(), self._pads[name]
         for shard, where, local in pieces:
-            shard.gather(name, local, arr[where], pad, self._scratch)
+            _gather(shard, name, local, arr[where], pad, self._scratch)
         return out
 
     def _attention_mask(self, lengths: np.ndarray, width: int) -> torch.Tensor:
@@ -429,6 +391,7 @@ class ShardStream(IterableDataset):
         zeros = np.zeros(n, dtype=np.int64)
         _C.gather_rows(
             self._ones.ctypes.data,
+            len(self._ones),
             zeros.ctypes.data,
             lengths.ctypes.data,
             n,
