@@ -169,7 +169,27 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
   }
 }
 
-void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels) {
+namespace {
+// An output must share no memory with a tensor the kernel reads: it would read what it has
+// already written (labels over the attention mask turn padding into tokens). The test is on
+// storage, not on byte ranges, so a view of any part of an input's storage counts.
+void check_no_shared_memory(const char* op, const char* name, const at::Tensor& output,
+                            const MaskArgs& a) {
+  const std::pair<const char*, const c10::optional<at::Tensor>*> inputs[] = {
+      {"attention_mask", &a.attention_mask},
+      {"special_tokens_mask", &a.special_tokens_mask},
+      {"word_ids", &a.word_ids},
+      {"pos_ids", &a.pos_ids},
+      {"sample_ids", &a.sample_ids},
+      {"rng_state", &a.rng_state}};
+  for (const auto& [input, t] : inputs) {
+    TORCH_CHECK(!t->has_value() || !(*t)->defined() || !output.is_alias_of(**t), op, ": ", name,
+                " must share no memory with ", input, "; pass a separate tensor");
+  }
+}
+}  // namespace
+
+void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels, const MaskArgs& a) {
   TORCH_CHECK(
       labels.sizes() == input_ids.sizes() && labels.scalar_type() == input_ids.scalar_type(),
       "mask_tokens_: labels must match input_ids (", input_ids.scalar_type(), " ",
@@ -178,11 +198,15 @@ void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels) {
               " but input_ids is on ", input_ids.device());
   TORCH_CHECK(input_ids.is_contiguous() && labels.is_contiguous(),
               "mask_tokens_: input_ids and labels must be contiguous for the in-place form");
-  TORCH_CHECK(!labels.is_same(input_ids), "mask_tokens_: labels must not alias input_ids");
+  // the same rule as mask_tokens_into: not only the same tensor, any view of its memory
+  TORCH_CHECK(!labels.is_alias_of(input_ids),
+              "mask_tokens_: labels must share no memory with input_ids; pass a separate tensor");
+  check_no_shared_memory("mask_tokens_", "input_ids", input_ids, a);
+  check_no_shared_memory("mask_tokens_", "labels", labels, a);
 }
 
 void check_into_outputs(const at::Tensor& input_ids, const at::Tensor& out,
-                        const at::Tensor& labels) {
+                        const at::Tensor& labels, const MaskArgs& a) {
   const at::ScalarType t = input_ids.scalar_type();
   for (const auto& [name, x] : {std::pair<const char*, const at::Tensor&>{"out", out},
                                 std::pair<const char*, const at::Tensor&>{"labels", labels}}) {
@@ -206,6 +230,8 @@ void check_into_outputs(const at::Tensor& input_ids, const at::Tensor& out,
               "with it");
   TORCH_CHECK(!labels.is_alias_of(input_ids) && !labels.is_alias_of(out),
               "mask_tokens_into: labels must share no memory with input_ids or out");
+  check_no_shared_memory("mask_tokens_into", "out", out, a);
+  check_no_shared_memory("mask_tokens_into", "labels", labels, a);
 }
 
 namespace {
@@ -293,7 +319,7 @@ void mask_tokens_in_place(MaskKernel kernel, bool check_first, const at::Tensor&
   MaskParams P;
   MaskInputs in;
   std::vector<at::Tensor> keep;
-  check_outputs(input_ids, labels);
+  check_outputs(input_ids, labels, a);
   prepare_mask_call(input_ids, a, P, in, keep);
   if (in.batch == 0 || in.length == 0) return;
   if (check_first) check_before_writing(input_ids, in, P);  // a bad batch is left intact
@@ -309,7 +335,7 @@ void mask_tokens_into(MaskKernel kernel, bool kernel_widens, bool check_first,
   MaskParams P;
   MaskInputs in;
   std::vector<at::Tensor> keep;
-  check_into_outputs(input_ids, out, labels);
+  check_into_outputs(input_ids, out, labels, a);
   prepare_mask_call(input_ids, a, P, in, keep);
   if (in.batch == 0 || in.length == 0) return;
   // in place: a bad batch is left intact (the out-of-place kernel writes only fresh memory)

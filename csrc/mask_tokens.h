@@ -67,8 +67,9 @@ struct MaskArgs {
 void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParams& params,
                        MaskInputs& in, std::vector<at::Tensor>& keep);
 
-// Checks that out/labels can receive the result of masking input_ids (in-place form).
-void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels);
+// Checks that out/labels can receive the result of masking input_ids (in-place form): the
+// right shape, type and device, and no memory shared with each other or with any input.
+void check_outputs(const at::Tensor& input_ids, const at::Tensor& labels, const MaskArgs& a);
 
 // A backend: runs the kernel over validated inputs into out/labels (which may alias the ids).
 using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& out,
@@ -98,9 +99,10 @@ using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& ou
       vocab_size, seed, epoch, exact, exclude_special_from_random
 
 // Checks that out/labels can receive the result of masking input_ids (out= form): same shape and
-// device, contiguous, of the ids' dtype or int64 for int32 ids; out may be input_ids itself.
+// device, contiguous, of the ids' dtype or int64 for int32 ids; out may be input_ids itself;
+// otherwise no memory shared with each other or with any input.
 void check_into_outputs(const at::Tensor& input_ids, const at::Tensor& out,
-                        const at::Tensor& labels);
+                        const at::Tensor& labels, const MaskArgs& a);
 
 // Out-of-place, in-place and out= forms, shared by the backends. `check_first` validates the ids,
 // POS classes and word ids before anything is written (CPU; on CUDA it would cost a host sync).

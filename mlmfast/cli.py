@@ -155,6 +155,7 @@ def _mask(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from mlmfast.data.prepare import prepare
     from mlmfast.data.shards import ShardError
+    from mlmfast.locking import DirectoryLocked
 
     try:
         manifest = prepare(
@@ -179,7 +180,7 @@ def _prepare(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    except (ShardError, FileNotFoundError, ValueError, ImportError, OSError) as e:
+    except (ShardError, DirectoryLocked, FileNotFoundError, ValueError, ImportError, OSError) as e:
         print(f"mlmfast prepare: {e}", file=sys.stderr)
         return 2
     summary = {k: manifest[k] for k in ("rows", "tokens", "documents", "max_length", "mode")}

@@ -1242,10 +1242,44 @@ class TestErrors:
             mlmfast.mask_tokens_(ids, torch.empty(2, 8, dtype=torch.int32), **kw)
         with pytest.raises(RuntimeError, match="labels must match input_ids"):
             mlmfast.mask_tokens_(ids, torch.empty(2, 7, dtype=torch.long), **kw)
-        with pytest.raises(RuntimeError, match="labels must not alias input_ids"):
+        with pytest.raises(RuntimeError, match="labels must share no memory with input_ids"):
             mlmfast.mask_tokens_(ids, ids, **kw)
         with pytest.raises(RuntimeError, match="must be contiguous"):
             mlmfast.mask_tokens_(ids.t(), torch.empty(8, 2, dtype=torch.long), **kw)
+
+    def test_inplace_outputs_share_no_memory_with_inputs(self):
+        """Views that overlap input_ids or an input are refused before anything is written
+        (they used to be taken: the op wrote half the ids, then failed on what it had written)."""
+        ids, att = bert_batch(4, 16, seed=79, ragged=True)
+        kw = {**BERT, "seed": 1}
+        buf = torch.empty(5, 16, dtype=torch.long)
+        buf[:4] = ids
+        before = buf.clone()
+        with pytest.raises(RuntimeError, match="labels must share no memory with input_ids"):
+            mlmfast.mask_tokens_(buf[:4], buf[1:], attention_mask=att, **kw)
+        assert torch.equal(buf, before)
+        both = torch.stack([att, torch.zeros_like(att)])  # labels a view of the mask's storage
+        for labels in (both[1], both[0]):
+            x = ids.clone()
+            with pytest.raises(
+                RuntimeError, match="labels must share no memory with attention_mask"
+            ):
+                mlmfast.mask_tokens_(x, labels, attention_mask=both[0], **kw)
+            assert torch.equal(x, ids) and torch.equal(both[0], att)
+        flat = ids.clone()
+        with pytest.raises(RuntimeError, match="input_ids must share no memory with word_ids"):
+            mlmfast.mask_tokens_(flat, torch.empty_like(ids), word_ids=flat, **kw)
+        special = torch.zeros(2, 4, 16, dtype=torch.long)
+        with pytest.raises(
+            RuntimeError, match="mask_tokens_into: out must share no memory with special_tokens"
+        ):
+            mlmfast.mask_tokens_into(
+                ids, special[0], torch.empty_like(ids), special_tokens_mask=special[1], **kw
+            )
+        out, labels = mlmfast.mask_tokens(ids, attention_mask=att, **kw)[:2]  # valid forms
+        x, y = ids.clone(), torch.empty_like(ids)
+        mlmfast.mask_tokens_(x, y, attention_mask=att.clone(), **kw)
+        assert torch.equal(x, out) and torch.equal(y, labels)
 
     def test_into_outputs(self):
         ids = bert_batch(2, 8, seed=77)[0]

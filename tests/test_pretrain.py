@@ -448,6 +448,74 @@ def test_resume_refusals(shards, tmp_path):
         ckpt.load_checkpoint_state(out)
 
 
+def test_resume_from_an_older_step_after_a_corrupt_newest(shards, tmp_path):
+    """The way out of a corrupt newest checkpoint: --resume-from STEP continues from an older
+    one, bit for bit, and the later checkpoints are set aside, not mixed into the new history."""
+    train, _ = shards
+    common = dict(data=train, max_steps=6, batch_size=4, log_every=1, save_every=2, keep_last=5)
+    straight = pretrain(PretrainConfig(out=str(tmp_path / "a"), **common, **QUIET))
+    out = str(tmp_path / "b")
+    pretrain(PretrainConfig(out=out, stop_at_step=4, **common, **QUIET))
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 4]
+    newest = ckpt.list_checkpoints(out)[-1][1]
+    with open(os.path.join(newest, "state.pt"), "r+b") as f:
+        f.seek(100)
+        f.write(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match=r"--resume-from STEP \(this run has \[2\]\)"):
+        pretrain(PretrainConfig(out=out, resume=True, **common, **QUIET))
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"no checkpoint of step 3 \(it has steps \[2, 4\]\)"
+    ):
+        pretrain(PretrainConfig(out=out, resume_from="3", **common, **QUIET))
+    again = pretrain(PretrainConfig(out=out, resume_from="2", **common, **QUIET))
+    assert again["finished"] and straight["finished"]
+    wa, wb = weights(str(tmp_path / "a")), weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert os.path.isdir(os.path.join(out, "checkpoints", "superseded-step-0000004"))
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 4, 6]  # 4 and 6 rewritten
+    r = cli("pretrain", "--data", train, "--out", out, "--resume-from", "2", "--max-steps", "6",
+            "--batch-size", "4", "--save-every", "2", "--keep-last", "5", "--log-every", "1",
+            "--progress", "false", "--tensorboard", "false")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_resume_on_shards_of_another_tokenizer_names_both(shards, tok, tmp_path):
+    train, _ = shards
+    out = str(tmp_path / "r")
+    common = dict(out=out, max_steps=4, batch_size=4, **QUIET)
+    pretrain(PretrainConfig(data=train, stop_at_step=2, **common))
+    other = other_tokenizer_dir(tok, tmp_path)
+    src = tmp_path / "docs.txt"
+    src.write_text("a film about zzyzxnewtoken\n" * 40)
+    data = str(tmp_path / "other-shards")
+    prepare(str(src), data, tokenizer=other, max_length=16, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"resume: .*step-0000002 was trained with a tokenizer of 30522 ids .* 30523 ids",
+    ):
+        pretrain(PretrainConfig(data=data, resume=True, **common))
+
+
+def test_one_run_per_out_and_partial_checkpoints_are_removed(shards, tmp_path):
+    from mlmfast.locking import DirectoryLock, DirectoryLocked
+
+    train, _ = shards
+    out = tmp_path / "r"
+    common = dict(data=train, out=str(out), max_steps=2, batch_size=4, **QUIET)
+    with (
+        DirectoryLock(str(out), "mlmfast pretrain"),
+        pytest.raises(DirectoryLocked, match=rf"in use by mlmfast pretrain \(pid {os.getpid()}"),
+    ):
+        pretrain(PretrainConfig(**common))
+    partial = out / "checkpoints" / ".tmp-step-0000002-12345"  # a save killed mid-write
+    (partial / "model").mkdir(parents=True)
+    (partial / "state.pt").write_bytes(b"half")
+    pretrain(PretrainConfig(**common))
+    assert not partial.exists()
+    assert sorted(os.listdir(out / "checkpoints")) == ["step-0000002"]
+    assert not (out / ".mlmfast.lock").exists()
+
+
 def test_config_file_and_cli_overrides(shards, tmp_path):
     train, _ = shards
     conf = tmp_path / "c.json"

@@ -273,3 +273,22 @@ def test_collator_masks_by_sample_id(var_dir, tok):
 def test_rank_validation(var_dir):
     with pytest.raises(ValueError, match="rank must be in"):
         ShardStream(var_dir, 8, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"num_batches_consumed": -1}, "num_batches_consumed must be an integer >= 0, got -1"),
+        ({"num_batches_consumed": 10**6}, "num_batches_consumed is 1000000 but an epoch has"),
+        ({"num_batches_consumed": 1.5}, "num_batches_consumed must be an integer"),
+        ({"epoch": -2}, "epoch must be an integer >= 0, got -2"),
+        ({"epoch": None}, "epoch must be an integer"),
+    ],
+)
+def test_load_state_dict_names_a_bad_position(var_dir, edit, match):
+    stream = ShardStream(var_dir, 8, seed=0)
+    state = {**stream.state_dict(), **edit}
+    with pytest.raises(ValueError, match=match):
+        stream.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"lacks \['seed'\]"):
+        stream.load_state_dict({"epoch": 0, "num_batches_consumed": 0})

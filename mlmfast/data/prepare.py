@@ -70,6 +70,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mlmfast._faults import kill_point
 from mlmfast.data.embedded import CORPORA, read_texts
 from mlmfast.data.shards import (
     FORMAT_VERSION,
@@ -81,6 +82,7 @@ from mlmfast.data.shards import (
     tokenizer_info,
     write_manifest,
 )
+from mlmfast.locking import DirectoryLock
 from mlmfast.pos import NUM_CLASSES, SPECIAL, UPOS
 
 PROGRESS = "progress.json"
@@ -146,6 +148,22 @@ def _missing(path: str, columns: Sequence[str], names: Sequence[str]) -> None:
             raise ValueError(f"{path}: no column {column!r} (has {list(names)}); pass {flag}")
 
 
+def _json_row(path: str, n: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: line {n} is not valid JSON ({getattr(e, 'msg', e)} at column "
+            f"{getattr(e, 'colno', '?')}); .jsonl/.json inputs hold one JSON object per line"
+        ) from None
+    if not isinstance(row, dict):
+        raise ValueError(
+            f"{path}: line {n} holds a JSON {type(row).__name__}, expected an object with the "
+            "text column(s); .jsonl/.json inputs hold one JSON object per line"
+        )
+    return row
+
+
 def _read_columns(path: str, columns: Sequence[str]) -> Iterator[tuple[str, ...]]:
     """Rows of a JSONL/CSV/Parquet file as tuples of the ``columns`` (None -> "")."""
     lower = path.lower()
@@ -153,7 +171,7 @@ def _read_columns(path: str, columns: Sequence[str]) -> Iterator[tuple[str, ...]
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    row = json.loads(line)
+                    row = _json_row(path, n, line)
                     yield tuple(
                         _column(path, row, c, flag, f"line {n}")
                         for c, flag in zip(columns, _FLAGS, strict=False)
@@ -162,9 +180,12 @@ def _read_columns(path: str, columns: Sequence[str]) -> Iterator[tuple[str, ...]
         csv.field_size_limit(2**31 - 1)  # reviews and articles exceed the 128 KiB default
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            _missing(path, columns, reader.fieldnames or [])
-            for row in reader:
-                yield tuple("" if row[c] is None else row[c] for c in columns)
+            try:
+                _missing(path, columns, reader.fieldnames or [])
+                for row in reader:
+                    yield tuple("" if row[c] is None else row[c] for c in columns)
+            except csv.Error as e:
+                raise ValueError(f"{path}: line {reader.line_num} is not valid CSV ({e})") from None
     else:
         import pyarrow.parquet as pq
 
@@ -227,13 +248,32 @@ def iter_documents(
             source = read_texts(item)
         else:
             source = _read_file(item, text_column, blank_line_docs)
-        for doc in source:
-            if limit is not None and n >= limit:
-                return
-            if doc.strip() if isinstance(doc, str) else (doc[0].strip() or doc[1].strip()):
-                n += 1
-                if n > 0:
-                    yield doc
+        try:
+            for doc in source:
+                if limit is not None and n >= limit:
+                    return
+                if doc.strip() if isinstance(doc, str) else (doc[0].strip() or doc[1].strip()):
+                    n += 1
+                    if n > 0:
+                        yield doc
+        except UnicodeDecodeError as e:
+            raise _decode_error(item, e) from None
+
+
+def _decode_error(path: str, error: UnicodeDecodeError) -> ValueError:
+    """The first line of ``path`` that is not UTF-8, found when decoding failed (the text
+    reader decodes in blocks, so its error knows no line)."""
+    fix = "convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return ValueError(
+                    f"{path}: line {n} is not valid UTF-8 ({e.reason} at byte {e.start} of the "
+                    f"line: {raw[max(0, e.start - 10) : e.start + 10]!r}); {fix}"
+                )
+    return ValueError(f"{path}: not valid UTF-8 ({error}); {fix}")
 
 
 # ----------------------------------------------------------------------------- sentences
@@ -666,13 +706,21 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _clean(directory: str) -> None:
+def _is_temporary(name: str) -> bool:
+    """A temporary file of an atomic write (``.<final name>.<random>``) that a killed run left."""
+    return name.startswith((".shard-", f".{MANIFEST}.", f".{PROGRESS}."))
+
+
+def _clean(directory: str, everything: bool) -> None:
+    """Remove what earlier runs left: their temporary files, and with ``everything`` (for
+    ``overwrite``) their shards, progress and manifest. Only under the directory's lock."""
     for name in os.listdir(directory):
-        if (
-            name in (MANIFEST, PROGRESS)
-            or (name.endswith(".arrow") and name.lstrip(".").startswith("shard-"))
-            or name.startswith(".shard-")
-            or name.startswith("." + MANIFEST)
+        if _is_temporary(name) or (
+            everything
+            and (
+                name in (MANIFEST, PROGRESS)
+                or (name.startswith("shard-") and name.endswith(".arrow"))
+            )
         ):
             os.unlink(os.path.join(directory, name))
 
@@ -687,17 +735,24 @@ def _load_json(path: str) -> dict | None:
 
 def _check_output(out: str, options: dict, overwrite: bool) -> tuple[str, dict | None]:
     """-> ("fresh" | "done" | "resume", progress or manifest)."""
-    if not os.path.isdir(out):
-        return "fresh", None
+    _clean(out, everything=overwrite)
     if overwrite:
-        _clean(out)
         return "fresh", None
     manifest = _load_json(os.path.join(out, MANIFEST))
     progress = _load_json(os.path.join(out, PROGRESS))
     shards = [n for n in os.listdir(out) if n.startswith("shard-") and n.endswith(".arrow")]
+    if manifest is None and progress is not None and not progress.get("shards"):
+        # a run that stopped before recording a shard: nothing of it can be resumed, whatever
+        # its options (its unrecorded shards would be dropped by its own rerun too)
+        _clean(out, everything=True)
+        return "fresh", None
     found = manifest or progress
     if found is not None and found.get("options") == options:
-        return ("done", manifest) if manifest is not None else ("resume", progress)
+        if manifest is None:
+            return "resume", progress
+        if progress is not None:  # killed after the manifest, before removing its progress
+            os.unlink(os.path.join(out, PROGRESS))
+        return "done", manifest
     if found is not None or shards:
         what = MANIFEST if manifest else PROGRESS if progress else f"{len(shards)} shard files"
         diff = ""
@@ -836,176 +891,195 @@ def prepare(
         options["skip"] = skip
     if mode == "sentence-pairs":
         options["sentence_splitter"] = SPLITTER
-    state, found = _check_output(output, options, overwrite)
-    if state == "done":
-        return found
     os.makedirs(output, exist_ok=True)
-    resume = (
-        _resume_state(output, found)
-        if state == "resume"
-        else {"shards": [], "next": [0, 0], "rows": 0, "counts": None}
-    )
-    start_doc, start_offset = resume["next"]
-    counts = resume["counts"] or {"read": 0, "kept": 0, "duplicates": 0, "too_short": 0}
-    counts = dict(counts)
-
-    packer = _Packer(mode, max_length, cross_document, tok.cls_token_id, tok.sep_token_id)
-    packer.end = (start_doc, start_offset)
-    shards = list(resume["shards"])
-    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
-
-    def on_shard(entry: dict) -> None:
-        entry = dict(entry)
-        entry["state"] = {
-            "next": list(packer.end),
-            "rows": sum(s["rows"] for s in shards) + entry["rows"],
-            "counts": dict(counts),
-        }
-        shards.append(entry)
-        atomic_write_json(
-            os.path.join(output, PROGRESS),
-            {"format_version": FORMAT_VERSION, "options": options, "shards": shards},
+    # one run per directory: a second one would interleave its shards with ours
+    with DirectoryLock(output, "mlmfast prepare"):
+        kill_point("prepare locked")
+        state, found = _check_output(output, options, overwrite)
+        if state == "done":
+            return found
+        resume = (
+            _resume_state(output, found)
+            if state == "resume"
+            else {"shards": [], "next": [0, 0], "rows": 0, "counts": None}
         )
-        if fail_after and len(shards) == fail_after:
-            raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated interruption")
+        start_doc, start_offset = resume["next"]
+        counts = resume["counts"] or {"read": 0, "kept": 0, "duplicates": 0, "too_short": 0}
+        counts = dict(counts)
 
-    writer = ShardWriter(
-        output,
-        max_length,
-        shard_rows,
-        word_ids=word_ids,
-        token_type_ids=mode in PAIR_MODES,
-        pos_ids=tagger is not None,
-        first_shard=len(shards),
-        first_row=resume["rows"],
-        on_shard=on_shard,
-    )
+        packer = _Packer(mode, max_length, cross_document, tok.cls_token_id, tok.sep_token_id)
+        packer.end = (start_doc, start_offset)
+        shards = list(resume["shards"])
+        fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
 
-    seen: set[bytes] = set()
-    # resume re-reads the batch it restarts in, so batches stay aligned to document indices
-    first_doc = start_doc - start_doc % batch_docs
+        def write_progress() -> None:
+            atomic_write_json(
+                os.path.join(output, PROGRESS),
+                {"format_version": FORMAT_VERSION, "options": options, "shards": shards},
+            )
 
-    def docs() -> Iterator[tuple[int, str | tuple[str, str] | None]]:
-        items = iter_documents(
-            files, text_column, blank_line_docs, limit, text_pair_column, skip=skip
+        def on_shard(entry: dict) -> None:
+            entry = dict(entry)
+            entry["state"] = {
+                "next": list(packer.end),
+                "rows": sum(s["rows"] for s in shards) + entry["rows"],
+                "counts": dict(counts),
+            }
+            shards.append(entry)
+            write_progress()
+            if fail_after and len(shards) == fail_after:
+                raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated interruption")
+
+        if state == "fresh":
+            # before the first shard: a run killed after writing it is then recognised as
+            # this run's (and resumed), not taken for shards of other options
+            write_progress()
+
+        writer = ShardWriter(
+            output,
+            max_length,
+            shard_rows,
+            word_ids=word_ids,
+            token_type_ids=mode in PAIR_MODES,
+            pos_ids=tagger is not None,
+            first_shard=len(shards),
+            first_row=resume["rows"],
+            on_shard=on_shard,
         )
-        for i, text in enumerate(items):
-            if dedup:
-                key = text if isinstance(text, str) else f"{len(text[0])}:{text[0]}{text[1]}"
-                h = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
-                dup = h in seen
-                seen.add(h)
-            else:
-                dup = False
-            if i < first_doc:
-                continue  # already in a finished shard (hashed above for dedup)
-            yield i, None if dup else text
 
-    tokens_done = 0
-    t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+        seen: set[bytes] = set()
+        # resume re-reads the batch it restarts in, so batches stay aligned to document indices
+        first_doc = start_doc - start_doc % batch_docs
 
-        bar = tqdm(total=limit, unit="doc", desc="prepare", file=sys.stderr)
+        def docs() -> Iterator[tuple[int, str | tuple[str, str] | None]]:
+            items = iter_documents(
+                files, text_column, blank_line_docs, limit, text_pair_column, skip=skip
+            )
+            for i, text in enumerate(items):
+                if dedup:
+                    key = text if isinstance(text, str) else f"{len(text[0])}:{text[0]}{text[1]}"
+                    h = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+                    dup = h in seen
+                    seen.add(h)
+                else:
+                    dup = False
+                if i < first_doc:
+                    continue  # already in a finished shard (hashed above for dedup)
+                yield i, None if dup else text
 
-    def tokenised() -> Iterator[tuple[list[int], list]]:
-        batches = _batched(docs(), batch_docs)
-        split = ((b, [t for _, t in b]) for b in batches)
-        if num_proc == 1:
-            _init_worker(tok, word_ids, False, tagger, mode, max_length)
-            for b, texts in split:
-                yield [i for i, _ in b], _encode(texts)
-            return
-        import multiprocessing as mp
+        tokens_done = 0
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm import tqdm
 
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp
-        pending: list[list[int]] = []
+            bar = tqdm(total=limit, unit="doc", desc="prepare", file=sys.stderr)
 
-        def texts_only():
-            for b, texts in split:
-                pending.append([i for i, _ in b])
-                yield texts
+        def tokenised() -> Iterator[tuple[list[int], list]]:
+            batches = _batched(docs(), batch_docs)
+            split = ((b, [t for _, t in b]) for b in batches)
+            if num_proc == 1:
+                _init_worker(tok, word_ids, False, tagger, mode, max_length)
+                for b, texts in split:
+                    yield [i for i, _ in b], _encode(texts)
+                return
+            import multiprocessing as mp
 
-        init = (tok, word_ids, True, tagger, mode, max_length)
-        with ctx.Pool(num_proc, initializer=_init_worker, initargs=init) as pool:
-            for encoded in pool.imap(_encode, texts_only()):
-                yield pending.pop(0), encoded
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp
+            pending: list[list[int]] = []
 
-    for idxs, encoded in tokenised():
-        for i, enc in zip(idxs, encoded, strict=True):
-            if i < start_doc:
-                continue  # the part of the first batch of a resumed run already written
-            resumed_mid_doc = i == start_doc and start_offset > 0
-            if not resumed_mid_doc:
-                counts["read"] += 1
-            if enc is None:
-                counts["duplicates"] += 1
-                continue
-            if enc.content < max(min_tokens, 2 if mode == "sentence-pairs" else 1):
-                counts["too_short"] += 1
-                continue
-            if not resumed_mid_doc:
-                counts["kept"] += 1
-            offset = start_offset if i == start_doc else 0
-            if mode == "sentence-pairs":
-                rows = packer.sentence_pairs(i, enc, offset)
-            elif mode == "text-pairs":
-                rows = packer.text_pair(i, enc)
-            else:
-                rows = (
-                    (*r, None) for r in packer.document(i, enc.ids, enc.words, offset, enc.classes)
-                )
-            for row, row_words, row_pos, row_types in rows:
-                tokens_done += len(row)
-                writer.add(row, row_words, token_type_ids=row_types, pos_ids=row_pos)
+            def texts_only():
+                for b, texts in split:
+                    pending.append([i for i, _ in b])
+                    yield texts
+
+            init = (tok, word_ids, True, tagger, mode, max_length)
+            with ctx.Pool(num_proc, initializer=_init_worker, initargs=init) as pool:
+                for encoded in pool.imap(_encode, texts_only()):
+                    yield pending.pop(0), encoded
+
+        for idxs, encoded in tokenised():
+            for i, enc in zip(idxs, encoded, strict=True):
+                if i < start_doc:
+                    continue  # the part of the first batch of a resumed run already written
+                resumed_mid_doc = i == start_doc and start_offset > 0
+                if not resumed_mid_doc:
+                    counts["read"] += 1
+                if enc is None:
+                    counts["duplicates"] += 1
+                    continue
+                if enc.content < max(min_tokens, 2 if mode == "sentence-pairs" else 1):
+                    counts["too_short"] += 1
+                    continue
+                if not resumed_mid_doc:
+                    counts["kept"] += 1
+                offset = start_offset if i == start_doc else 0
+                if mode == "sentence-pairs":
+                    rows = packer.sentence_pairs(i, enc, offset)
+                elif mode == "text-pairs":
+                    rows = packer.text_pair(i, enc)
+                else:
+                    rows = (
+                        (*r, None)
+                        for r in packer.document(i, enc.ids, enc.words, offset, enc.classes)
+                    )
+                for row, row_words, row_pos, row_types in rows:
+                    tokens_done += len(row)
+                    writer.add(row, row_words, token_type_ids=row_types, pos_ids=row_pos)
+            if bar is not None:
+                bar.update(len(idxs))
+                dt = time.perf_counter() - t0
+                bar.set_postfix(tok_s=f"{tokens_done / max(dt, 1e-9):,.0f}", refresh=False)
+        for row, row_words, row_pos in packer.finish():
+            tokens_done += len(row)
+            writer.add(row, row_words, pos_ids=row_pos)
+        writer.close()
         if bar is not None:
-            bar.update(len(idxs))
-            dt = time.perf_counter() - t0
-            bar.set_postfix(tok_s=f"{tokens_done / max(dt, 1e-9):,.0f}", refresh=False)
-    for row, row_words, row_pos in packer.finish():
-        tokens_done += len(row)
-        writer.add(row, row_words, pos_ids=row_pos)
-    writer.close()
-    if bar is not None:
-        bar.close()
+            bar.close()
 
-    entries = [{k: v for k, v in s.items() if k != "state"} for s in shards]
-    frequencies = tagger_info = None
-    if tagger is not None:
-        frequencies = _class_frequencies(entries)
-        tagger_info = tagger.info()
-    from mlmfast import __version__
+        entries = [{k: v for k, v in s.items() if k != "state"} for s in shards]
+        if not entries:
+            raise ValueError(
+                f"prepare: no rows from {files}: {counts['read']} documents read, "
+                f"{counts['duplicates']} duplicates, {counts['too_short']} shorter than "
+                f"{max(min_tokens, 1)} tokens (skip={skip}, limit={limit}); check the inputs, "
+                "--text-column, --skip and --min-tokens"
+            )
+        frequencies = tagger_info = None
+        if tagger is not None:
+            frequencies = _class_frequencies(entries)
+            tagger_info = tagger.info()
+        from mlmfast import __version__
 
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mlmfast_version": __version__,
-        "tokenizer": info,
-        "max_length": max_length,
-        "mode": mode,
-        "cross_document": cross_document,
-        "columns": [
-            "input_ids",
-            "sample_id",
-            *(["word_ids"] if word_ids else []),
-            *(["pos_ids"] if tagger is not None else []),
-            *(["token_type_ids"] if mode in PAIR_MODES else []),
-        ],
-        "rows": sum(s["rows"] for s in entries),
-        "tokens": sum(s["tokens"] for s in entries),
-        "documents": counts,
-        "pos_class_frequencies": frequencies,
-        **({"pos_classes": [*UPOS, "SPECIAL"], "pos_tagger": tagger_info} if tagger else {}),
-        "shards": entries,
-        "options": options,
-        "seconds": time.perf_counter() - t0,
-    }
-    write_manifest(output, manifest)
-    progress_path = os.path.join(output, PROGRESS)
-    if os.path.exists(progress_path):
-        os.unlink(progress_path)
-    return manifest
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mlmfast_version": __version__,
+            "tokenizer": info,
+            "max_length": max_length,
+            "mode": mode,
+            "cross_document": cross_document,
+            "columns": [
+                "input_ids",
+                "sample_id",
+                *(["word_ids"] if word_ids else []),
+                *(["pos_ids"] if tagger is not None else []),
+                *(["token_type_ids"] if mode in PAIR_MODES else []),
+            ],
+            "rows": sum(s["rows"] for s in entries),
+            "tokens": sum(s["tokens"] for s in entries),
+            "documents": counts,
+            "pos_class_frequencies": frequencies,
+            **({"pos_classes": [*UPOS, "SPECIAL"], "pos_tagger": tagger_info} if tagger else {}),
+            "shards": entries,
+            "options": options,
+            "seconds": time.perf_counter() - t0,
+        }
+        write_manifest(output, manifest)
+        progress_path = os.path.join(output, PROGRESS)
+        if os.path.exists(progress_path):
+            os.unlink(progress_path)
+        return manifest
 
 
 def _class_frequencies(entries: list[dict]) -> list[float]:

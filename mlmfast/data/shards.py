@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmfast._faults import kill_point
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:05d}.arrow"
@@ -140,8 +142,11 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shards are meant to be shared
+        view = memoryview(data)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(view[: len(view) // 2])
+            kill_point(f"mid-write {os.path.basename(path)}")
+            f.write(view[len(view) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -150,6 +155,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+    kill_point(f"written {os.path.basename(path)}")
 
 
 def atomic_write_json(path: str, obj: Any) -> None:

@@ -462,6 +462,20 @@ class ShardStream(IterableDataset):
                     f"{getattr(self, key)!r} here; resume needs the same shards, batch_size, "
                     "shuffle and bucket_window"
                 )
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict: expected the dict of state_dict(), got {state!r}")
+        missing = [k for k in ("seed", "epoch", "num_batches_consumed") if k not in state]
+        if missing:
+            raise ValueError(f"load_state_dict: the state lacks {missing}; pass state_dict()'s")
+        for key, low in (("epoch", 0), ("num_batches_consumed", 0)):
+            v = state[key]
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                raise ValueError(f"load_state_dict: {key} must be an integer >= {low}, got {v!r}")
+        if state["num_batches_consumed"] > self.num_batches:
+            raise ValueError(
+                f"load_state_dict: num_batches_consumed is {state['num_batches_consumed']} but "
+                f"an epoch has {self.num_batches} batches; was the state saved for other shards?"
+            )
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._next_start = int(state["num_batches_consumed"])

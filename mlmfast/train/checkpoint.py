@@ -125,6 +125,53 @@ def save_checkpoint(
     return final
 
 
+def remove_partial_checkpoints(run_dir: str) -> list[str]:
+    """Delete the temporary directories of checkpoints whose writer was killed mid-write
+    (``checkpoints/.tmp-step-*``); only under the run directory's lock. Returns their names."""
+    root = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    gone = sorted(n for n in os.listdir(root) if n.startswith(".tmp-step-"))
+    for name in gone:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return gone
+
+
+def checkpoint_to_resume(
+    run_dir: str, resume_from: str | int | None = None, set_aside: bool = True
+) -> str | None:
+    """The checkpoint a resumed run continues from: with ``resume_from`` a step of this run
+    (``300``) or a checkpoint or run directory, else the run's newest; None when it has none.
+    With ``set_aside`` (the main process), checkpoints of this run newer than the chosen one
+    are set aside (``checkpoints/superseded-step-N``, kept, never listed), so that the continued
+    run and a later ``--resume`` cannot mix the two histories."""
+    if resume_from is None or str(resume_from) == "":
+        found = list_checkpoints(run_dir)
+        return found[-1][1] if found else None
+    text = str(resume_from)
+    if text.isdigit():
+        path = step_dir(run_dir, int(text))
+        if not os.path.isfile(os.path.join(path, "meta.json")):
+            steps = [step for step, _ in list_checkpoints(run_dir)]
+            raise CheckpointError(
+                f"resume_from {text}: {run_dir} has no checkpoint of step {int(text)} (it has "
+                f"steps {steps}); pass one of them, or a checkpoint directory"
+            )
+    else:
+        path = resolve_checkpoint(text)
+    chosen = os.path.realpath(path)
+    mine = list_checkpoints(run_dir)
+    step = next((step for step, p in mine if os.path.realpath(p) == chosen), None)
+    if set_aside and step is not None:
+        for later, p in mine:
+            if later > step:
+                aside = os.path.join(os.path.dirname(p), f"superseded-step-{later:07d}")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(p, aside)
+                print(f"resume: set aside the later checkpoint {p} as {aside}")
+    return path
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint directory from itself or a run directory (its newest checkpoint)."""
     if os.path.isfile(os.path.join(path, "meta.json")):
@@ -153,9 +200,14 @@ def verify_checkpoint(path: str) -> dict[str, Any]:
         if not os.path.isfile(file):
             raise CheckpointError(f"{file}: missing from the checkpoint (listed in meta.json)")
         if file_sha256(file) != digest:
+            older = [
+                step
+                for step, p in list_checkpoints(os.path.dirname(os.path.dirname(path)))
+                if os.path.realpath(p) != os.path.realpath(path)
+            ]
             raise CheckpointError(
                 f"{file}: sha256 does not match meta.json (corrupt); resume from an older "
-                f"checkpoint in {os.path.dirname(path)}"
+                f"checkpoint with --resume-from STEP (this run has {older or 'no other'})"
             )
     if "state.pt" not in meta.get("files", {}):
         raise CheckpointError(f"{path}: meta.json lists no state.pt; not a training checkpoint")

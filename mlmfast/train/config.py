@@ -51,6 +51,29 @@ class RunConfig:
             raise SystemExit(f"mlmfast {command}: {', '.join('--' + m for m in missing)} required")
         return cls(**given)
 
+    def resume_state(self, main: bool = True) -> dict[str, Any] | None:
+        """The verified state of the checkpoint this run continues from (``resume``, or
+        ``resume_from``: a step of this run or a checkpoint directory), after checking its
+        settings; None for a run from step 0. A run without either refuses an ``out`` that holds
+        checkpoints. ``main``: this is the process that prints and sets checkpoints aside."""
+        from mlmfast.train import checkpoint as ckpt
+
+        if self.resume or self.resume_from is not None:
+            path = ckpt.checkpoint_to_resume(self.out, self.resume_from, set_aside=main)
+            if path is None:
+                if main:
+                    print(f"resume: no checkpoint in {self.out}, starting from step 0")
+                return None
+            state = ckpt.load_checkpoint_state(path)
+            self.check_resume(state["config"])
+            return state
+        if ckpt.list_checkpoints(self.out):
+            raise FileExistsError(
+                f"{self.out} already holds checkpoints; pass --resume to continue that run (or "
+                "--resume-from STEP for an older checkpoint), or choose another --out"
+            )
+        return None
+
     def check_resume(self, saved: dict[str, Any]) -> None:
         """Refuse to resume a checkpoint trained with other settings (``saved``: its config)."""
         for key, value in saved.items():
@@ -93,6 +116,11 @@ def add_run_arguments(a) -> None:
         nargs="?",
         const=True,
         help="continue from the newest checkpoint",
+    )
+    a(
+        "--resume-from",
+        help="continue from this checkpoint instead: a step of this run (e.g. 300) or a "
+        "checkpoint directory; later checkpoints of the run are set aside, not deleted",
     )
     a("--stop-at-step", type=int, help="save and stop at this step (the schedule is unchanged)")
     a("--tensorboard", type=parse_bool)

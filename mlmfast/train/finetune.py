@@ -205,13 +205,14 @@ class FinetuneConfig(RunConfig):
     save_every: int | None = None
     keep_last: int = 2
     resume: bool = False
+    resume_from: str | None = None
     stop_at_step: int | None = None
     tensorboard: bool = True
     progress: bool = True
 
     # fields that may differ between a run and its resumption (they do not change the maths)
     RESUMABLE_CHANGES = (
-        "out", "resume", "stop_at_step", "log_every", "save_every", "keep_last", "tensorboard",
+        "out", "resume", "resume_from", "stop_at_step", "log_every", "save_every", "keep_last", "tensorboard",
         "progress", "device", "eval_batch_size", "general_batches", "probe_batches",
         "probe_tokens",
     )  # fmt: skip
@@ -1023,6 +1024,22 @@ def _load_lora_weights(model, checkpoint: str) -> None:
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run (or resume) fine-tuning; returns the summary (also ``OUT/summary.json``)."""
+    from mlmfast.locking import DirectoryLock
+    from mlmfast.train import checkpoint as ckpt
+
+    cfg.validate()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            f"finetune runs in one process, not under torchrun with WORLD_SIZE="
+            f"{os.environ['WORLD_SIZE']}; start it with python / mlmfast directly"
+        )
+    # one run per --out: a second one would interleave its checkpoints and metrics with ours
+    with DirectoryLock(cfg.out, "mlmfast finetune"):
+        ckpt.remove_partial_checkpoints(cfg.out)  # written by a run killed mid-save
+        return _finetune(cfg)
+
+
+def _finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from mlmfast.data.shards import open_shards
@@ -1038,12 +1055,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from mlmfast.train.runtime import MetricsLogger, StopFlag, setup
 
     t_start = time.perf_counter()
-    cfg.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RuntimeError(
-            f"finetune runs in one process, not under torchrun with WORLD_SIZE="
-            f"{os.environ['WORLD_SIZE']}; start it with python / mlmfast directly"
-        )
 
     # ---- everything that can be wrong is checked before a model is built
     model_dir = _model_dir(cfg)
@@ -1094,18 +1105,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         precision = "bf16" if device.type == "cuda" else "fp32"
     amp = torch.bfloat16 if precision == "bf16" else None
 
-    state = None
-    if cfg.resume:
-        if ckpt.list_checkpoints(cfg.out):
-            state = ckpt.load_checkpoint_state(cfg.out)
-            cfg.check_resume(state["config"])
-        else:
-            print(f"resume: no checkpoint in {cfg.out}, starting from step 0")
-    elif ckpt.list_checkpoints(cfg.out):
-        raise FileExistsError(
-            f"{cfg.out} already holds checkpoints; pass --resume to continue that run or choose "
-            "another --out"
-        )
+    state = cfg.resume_state()
     os.makedirs(cfg.out, exist_ok=True)
     logger = MetricsLogger(cfg.out, tensorboard=cfg.tensorboard)
     with open(os.path.join(cfg.out, "config.json"), "w", encoding="utf-8") as f:

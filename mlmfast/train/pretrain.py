@@ -87,13 +87,14 @@ class PretrainConfig(RunConfig):
     save_every: int | None = None
     keep_last: int = 2
     resume: bool = False
+    resume_from: str | None = None
     stop_at_step: int | None = None
     tensorboard: bool = True
     progress: bool = True
 
     # fields that may differ between a run and its resumption (they do not change the maths)
     RESUMABLE_CHANGES = (
-        "out", "resume", "stop_at_step", "log_every", "eval_every", "eval_batches",
+        "out", "resume", "resume_from", "stop_at_step", "log_every", "eval_every", "eval_batches",
         "eval_batch_size", "save_every", "keep_last", "tensorboard", "progress", "num_workers",
         "data", "eval_data", "tokenizer", "max_steps", "epochs", "compile",
     )  # fmt: skip
@@ -194,9 +195,39 @@ def _build_model(cfg: PretrainConfig, tokenizer, max_length: int):
 # -- the loop ------------------------------------------------------------------------------------
 
 
+def _check_resume_tokenizer(checkpoint: str, tokenizer, data: str) -> None:
+    """A checkpoint continues only on shards of its own tokenizer (else its embeddings and
+    output bias do not fit, or worse, fit another vocabulary)."""
+    from mlmfast.data.shards import vocab_hash
+    from mlmfast.train import models
+
+    saved = models.tokenizer_of(checkpoint)
+    if saved is not None and vocab_hash(saved) != vocab_hash(tokenizer):
+        raise ValueError(
+            f"resume: {checkpoint} was trained with a tokenizer of {len(saved)} ids (vocab hash "
+            f"{vocab_hash(saved)[:12]}), the shards in {data} were made with one of "
+            f"{len(tokenizer)} ids (vocab hash {vocab_hash(tokenizer)[:12]}); resume on shards "
+            f"made with its tokenizer (`mlmfast prepare ... --tokenizer {checkpoint}/model`), or "
+            "start a new run in another --out (--init the checkpoint to start from its weights)"
+        )
+
+
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) pre-training; returns the final summary (also written to
     ``OUT/summary.json``). The trained model is saved to ``OUT/model``."""
+    from mlmfast.locking import DirectoryLock
+    from mlmfast.train import checkpoint as ckpt
+
+    cfg.validate()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _pretrain(cfg)
+    # one run per --out: a second one would interleave its checkpoints and metrics with ours
+    with DirectoryLock(cfg.out, "mlmfast pretrain"):
+        ckpt.remove_partial_checkpoints(cfg.out)  # written by a run killed mid-save
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from mlmfast.data.shards import open_shards
@@ -206,7 +237,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     from mlmfast.train.mlm import DeviceMasker, MaskedLMObjective, MLMStats, evaluate_mlm
     from mlmfast.train.runtime import MetricsLogger, StopFlag, setup
 
-    cfg.validate()
     dist = setup(cfg.device)
     device = dist.device
     try:
@@ -222,19 +252,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 DeviceMasker.for_shards(tokenizer, cfg.masking(), held.manifest)
             except ValueError as e:
                 raise ValueError(f"eval_data {cfg.eval_data}: {e}") from None
-        state = None
-        if cfg.resume:
-            found = ckpt.list_checkpoints(cfg.out)
-            if found:
-                state = ckpt.load_checkpoint_state(cfg.out)
-                cfg.check_resume(state["config"])
-            elif dist.is_main:
-                print(f"resume: no checkpoint in {cfg.out}, starting from step 0")
-        elif ckpt.list_checkpoints(cfg.out):
-            raise FileExistsError(
-                f"{cfg.out} already holds checkpoints; pass --resume to continue that run or "
-                "choose another --out"
-            )
+        state = cfg.resume_state(main=dist.is_main)
+        if state is not None:
+            _check_resume_tokenizer(state["path"], tokenizer, cfg.data)
         model, init_report = _build_model(cfg, tokenizer, shards.max_length)
         if state is not None:
             ckpt.load_model_weights(model, state["path"])
