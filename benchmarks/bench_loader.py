@@ -19,6 +19,12 @@ Measured (tokens/s = attended tokens delivered / wall time of a full pass):
                              transformers' DataCollatorForLanguageModeling (ratio: stream+collator
                              over it); skipped with a message otherwise
 
+  verify                     a first epoch through fresh ShardStream objects (every shard
+                             mapped and structure-checked) with verify="never", "once" on a
+                             machine that has not seen the shards (sha256 of every shard, then a
+                             stamp), "once" once stamped (the default's steady state), and
+                             "always" (hashed at open and at every map); ratios over "never"
+
   document                   one row per review (prepare --mode document, L = 512): padding
                              share and stream+collator tokens/s without and with length
                              bucketing (ShardStream(bucket_window=64)); skip with --no-document
@@ -145,6 +151,46 @@ def _document_rows(tmp: str, docs: int, batch_size: int, collator, rounds: int) 
     return res
 
 
+def _verify_costs(directory: str, batch_size: int, rounds: int) -> dict:
+    """Seconds of a fresh stream's first epoch for each verification mode (median of rounds)."""
+    from mlmfast.data.shards import CACHE_ENV
+
+    def epoch(mode: str, cache: str) -> float:
+        os.environ[CACHE_ENV] = cache
+        t0 = time.perf_counter()
+        for _ in ShardStream(directory, batch_size, seed=0, verify=mode):
+            pass
+        return time.perf_counter() - t0
+
+    saved = os.environ.get(CACHE_ENV)
+    out: dict = {}
+    try:
+        with tempfile.TemporaryDirectory() as caches:
+            epoch("never", caches)  # warm the page cache
+            for name, mode in (
+                ("never", "never"),
+                ("once_first", "once"),
+                ("once_stamped", "once"),
+                ("always", "always"),
+            ):
+                times = []
+                for r in range(max(rounds, 3)):
+                    cache = os.path.join(caches, f"{name}-{r}")
+                    if name == "once_stamped":
+                        epoch("once", cache)  # stamp first, untimed
+                    times.append(epoch(mode, cache))
+                out[name] = {"seconds": statistics.median(times)}
+    finally:
+        if saved is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = saved
+    base = out["never"]["seconds"]
+    for name in ("once_first", "once_stamped", "always"):
+        out[name]["ratio_over_never"] = out[name]["seconds"] / base
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -244,7 +290,14 @@ def main(argv=None) -> int:
                 res["ratio_vs_datasets"] = (
                     res["stream+collator"]["tokens_per_s"] / peer["tokens_per_s"]
                 )
+            res["verify"] = v = _verify_costs(out, B, rounds)
             results["loader"][f"{B}x{L}"] = res
+            print(
+                f"[{B},{L}]  first epoch: verify never {v['never']['seconds'] * 1e3:,.0f} ms, "
+                f"once (first use) {v['once_first']['ratio_over_never']:.2f}x, once (stamped) "
+                f"{v['once_stamped']['ratio_over_never']:.2f}x, always "
+                f"{v['always']['ratio_over_never']:.2f}x"
+            )
             line = (
                 f"[{B},{L}]  stream {res['stream']['tokens_per_s']:>13,.0f} tok/s  "
                 f"stream+collator {res['stream+collator']['tokens_per_s']:>13,.0f} tok/s "
