@@ -496,6 +496,23 @@ def test_resume_on_shards_of_another_tokenizer_names_both(shards, tok, tmp_path)
         pretrain(PretrainConfig(data=data, resume=True, **common))
 
 
+def test_corrupt_shards_stop_pretraining_naming_the_file(shards, tmp_path):
+    """Flipped ids in a shard used to train silently (or fail on an id naming no file)."""
+    from mlmfast.data.shards import ShardError
+
+    train, _ = shards
+    data = tmp_path / "data"
+    shutil.copytree(train, data)
+    path = data / "shard-00000.arrow"
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(b ^ 0x5A for b in raw[middle : middle + 64])
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ShardError, match=r"shard-00000\.arrow: "):
+        pretrain(PretrainConfig(data=str(data), out=str(tmp_path / "r"), max_steps=3,
+                                batch_size=4, **QUIET))  # fmt: skip
+
+
 def test_one_run_per_out_and_partial_checkpoints_are_removed(shards, tmp_path):
     from mlmfast.locking import DirectoryLock, DirectoryLocked
 
