@@ -1,9 +1,15 @@
-"""The ``mlmfast`` command.
+"""mlmfast: fused masking for BERT-style masked-language-model training.
 
-mlmfast mask   tokenise a corpus (default: the embedded movie reviews) and mask it with the
-               fused op, batch by batch; prints examples and the measured mask statistics
-mlmfast prepare  tokenise and pack text into Arrow shards for the streaming loader
-mlmfast info   build configuration: version, torch, which backends have kernels
+commands:
+  prepare    text -> tokenised, packed Arrow shards (files, globs, the embedded corpora)
+  pretrain   pre-train a BERT MLM on shards, masking on the training device (torchrun-ready)
+  finetune   fine-tune an encoder (classification, POS) and measure forgetting and drift
+  generate   fill [MASK] slots with a masked-language model
+  mask       mask a corpus with the fused op and print examples and the measured rates
+  info       build configuration: version, torch, which backends have kernels
+
+`mlmfast COMMAND --help` shows a command's options. A mistake (a missing path, a bad option
+value, a missing package) is one line on stderr and exit status 2; --debug shows its traceback.
 """
 
 from __future__ import annotations
@@ -154,35 +160,29 @@ def _mask(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from mlmfast.data.prepare import prepare
-    from mlmfast.data.shards import ShardError
-    from mlmfast.locking import DirectoryLocked
 
-    try:
-        manifest = prepare(
-            args.inputs,
-            args.output,
-            tokenizer=args.tokenizer,
-            max_length=args.max_length,
-            mode=args.mode,
-            cross_document=args.cross_document,
-            shard_rows=args.shard_rows,
-            text_column=args.text_column,
-            text_pair_column=args.text_pair_column,
-            blank_line_docs=args.blank_line_docs,
-            dedup=args.dedup,
-            min_tokens=args.min_tokens,
-            limit=args.limit,
-            skip=args.skip,
-            word_ids=args.word_ids,
-            pos=args.pos,
-            pos_model=args.pos_model,
-            num_proc=args.num_proc,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-    except (ShardError, DirectoryLocked, FileNotFoundError, ValueError, ImportError, OSError) as e:
-        print(f"mlmfast prepare: {e}", file=sys.stderr)
-        return 2
+    manifest = prepare(
+        args.inputs,
+        args.output,
+        tokenizer=args.tokenizer,
+        max_length=args.max_length,
+        mode=args.mode,
+        cross_document=args.cross_document,
+        shard_rows=args.shard_rows,
+        text_column=args.text_column,
+        text_pair_column=args.text_pair_column,
+        blank_line_docs=args.blank_line_docs,
+        dedup=args.dedup,
+        min_tokens=args.min_tokens,
+        limit=args.limit,
+        skip=args.skip,
+        word_ids=args.word_ids,
+        pos=args.pos,
+        pos_model=args.pos_model,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     summary = {k: manifest[k] for k in ("rows", "tokens", "documents", "max_length", "mode")}
     summary["shards"] = len(manifest["shards"])
     if manifest.get("pos_class_frequencies") is not None:
@@ -199,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlmfast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not one line"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("mask", help="tokenise a corpus and mask it with the fused op")
     m.add_argument(
@@ -307,9 +310,49 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user can fix something (a path, an option, a package): shown as
+    one line. Anything else is a bug and keeps its traceback."""
+    from mlmfast.data.shards import ShardError
+    from mlmfast.locking import DirectoryLocked
+    from mlmfast.train.checkpoint import CheckpointError
+
+    return (
+        ShardError,
+        CheckpointError,
+        DirectoryLocked,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+        ValueError,
+        ImportError,
+    )
+
+
+def _one_line(command: str, e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, ModuleNotFoundError) and e.name and "pip install" not in text:
+        text += f" (pip install {e.name.split('.')[0]}, or the mlmfast extra that brings it)"
+    return f"mlmfast {command}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """``mlmfast``: a user's mistake is one line on stderr and exit status 2 (``--debug`` shows
+    the traceback); an internal error keeps its traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        print(_one_line(args.command, e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlmfast {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -617,12 +617,17 @@ def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any =
     if not os.path.isdir(directory):
         raise ShardError(f"{directory}: no such shard directory; create it with `mlmfast prepare`")
     if not os.path.isfile(mpath):
-        hint = (
-            " (an interrupted prepare: re-run the same `mlmfast prepare` command to finish it)"
-            if os.path.exists(os.path.join(directory, "progress.json"))
-            else ""
-        )
-        raise ShardError(f"{mpath}: missing, the shard set is incomplete{hint}; {_FIX}")
+        if os.path.exists(os.path.join(directory, "progress.json")):
+            raise ShardError(
+                f"{mpath}: missing, the shard set is incomplete (an interrupted prepare: re-run "
+                "the same `mlmfast prepare` command to finish it)"
+            )
+        if not any(n.startswith("shard-") and n.endswith(".arrow") for n in os.listdir(directory)):
+            raise ShardError(
+                f"{directory}: not a shard directory (no {MANIFEST}); make one with "
+                f"`mlmfast prepare INPUTS -o {directory}`"
+            )
+        raise ShardError(f"{mpath}: missing, the shard set is incomplete; {_FIX}")
     try:
         with open(mpath, encoding="utf-8") as f:
             manifest = json.load(f)
