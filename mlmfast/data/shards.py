@@ -600,6 +600,34 @@ def _count_rows(path: str) -> tuple[int, list[str]]:
         return rows, list(reader.schema.names)
 
 
+def _check_shard_file(directory: str, entry: dict, manifest: dict, mode: str) -> str:
+    """The cheap checks of one listed shard (exists, size, row count, columns; the sha256 too
+    with ``mode == "always"``) -> its path."""
+    path = os.path.join(directory, entry["file"])
+    if not os.path.isfile(path):
+        raise ShardError(f"{path}: listed in {MANIFEST} but missing; {_FIX}")
+    size = os.path.getsize(path)
+    if size != entry["bytes"]:
+        raise ShardError(
+            f"{path}: {size} bytes, the manifest records {entry['bytes']} "
+            f"(truncated or replaced); {_FIX}"
+        )
+    try:
+        rows, names = _count_rows(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise ShardError(f"{path}: not a readable Arrow IPC file ({e}); {_FIX}") from None
+    if rows != entry["rows"]:
+        raise ShardError(f"{path}: {rows} rows, the manifest records {entry['rows']}; {_FIX}")
+    missing = [c for c in manifest.get("columns") or [] if c not in names]
+    if missing:
+        raise ShardError(
+            f"{path}: lacks the column(s) {missing} that {MANIFEST} lists (has {names}); {_FIX}"
+        )
+    if mode == "always" and file_sha256(path) != entry["sha256"]:
+        raise ShardError(f"{path}: sha256 does not match the manifest (corrupt); {_FIX}")
+    return path
+
+
 def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any = None) -> ShardSet:
     """Validate a shard directory and return its :class:`ShardSet`.
 
@@ -657,29 +685,5 @@ def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any =
                 f"{mpath}: pos_ids shards need pos_class_frequencies with {pos.NUM_CLASSES} "
                 f"entries (UPOS + special), found {freqs!r}; {_FIX}"
             )
-    paths = []
-    for entry in manifest["shards"]:
-        path = os.path.join(directory, entry["file"])
-        if not os.path.isfile(path):
-            raise ShardError(f"{path}: listed in {MANIFEST} but missing; {_FIX}")
-        size = os.path.getsize(path)
-        if size != entry["bytes"]:
-            raise ShardError(
-                f"{path}: {size} bytes, the manifest records {entry['bytes']} "
-                f"(truncated or replaced); {_FIX}"
-            )
-        try:
-            rows, names = _count_rows(path)
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise ShardError(f"{path}: not a readable Arrow IPC file ({e}); {_FIX}") from None
-        if rows != entry["rows"]:
-            raise ShardError(f"{path}: {rows} rows, the manifest records {entry['rows']}; {_FIX}")
-        missing = [c for c in manifest.get("columns") or [] if c not in names]
-        if missing:
-            raise ShardError(
-                f"{path}: lacks the column(s) {missing} that {MANIFEST} lists (has {names}); {_FIX}"
-            )
-        if mode == "always" and file_sha256(path) != entry["sha256"]:
-            raise ShardError(f"{path}: sha256 does not match the manifest (corrupt); {_FIX}")
-        paths.append(path)
+    paths = [_check_shard_file(directory, e, manifest, mode) for e in manifest["shards"]]
     return ShardSet(directory, manifest, paths, mode)
