@@ -295,19 +295,17 @@ class DataCollatorForLanguageModeling:
         self._warned: set[str] = set()
         self._hook_context: tuple[tuple[int, ...], dict[str, Any]] | None = None
         self._exclude_special = bool(self.exclude_special_from_random)
-        if (
-            self.mlm
-            and self._exclude_special
-            and self.random_replace_prob > 0
-            and len(self.special_ids) >= self.vocab_size
-        ):
-            # nothing ordinary to draw: transformers' rule (the whole vocabulary) beats failing
+        if self.mlm and len(self.special_ids) >= self.vocab_size:
+            # Nothing ordinary to select or to draw. transformers returns batches here (with
+            # labels all -100 for in-vocabulary ids), so do the same, drawing replacements (never
+            # used) from the whole vocabulary rather than failing on an empty one.
             self._exclude_special = False
             self._warn_once(
                 "all-special",
-                f"every id of this tokenizer's vocabulary ({self.vocab_size} ids) is special, so "
-                "random replacements cannot avoid special tokens: they are drawn from the whole "
-                "vocabulary, as transformers does (exclude_special_from_random=True has no effect)",
+                f"every id of this tokenizer's vocabulary ({self.vocab_size} ids) is special: no "
+                "token can be masked, so every label will be -100 (and random replacements, "
+                "which cannot avoid special tokens, would come from the whole vocabulary). Is "
+                "this the tokenizer the examples were made with?",
                 stacklevel=3,
             )
         # The stream of seeded batches without sample ids: (pid, seed, rank) it was derived for,
