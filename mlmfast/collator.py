@@ -238,12 +238,12 @@ class DataCollatorForLanguageModeling:
         epoch: start epoch; ``set_epoch`` changes it (new masks per epoch, reproducible).
 
     Seeds: examples with a ``sample_id`` are masked as a function of (seed, epoch, sample id,
-    tokens) only; with ``seed=None`` that seed is torch's initial seed when the collator is
-    made (``torch.manual_seed`` / ``transformers.set_seed`` before construction fixes it). Without sample ids and with a
-    seed, each process (main, DataLoader worker, rank) has its own stream derived from (seed,
-    rank, worker id, the worker's launch): ``seed`` alone reproduces a run, and fresh workers
-    (each epoch) get fresh streams. Without either, masks follow torch's default generator, as in
-    transformers.
+    tokens) only; with ``seed=None`` that seed is torch's initial seed when the collator is made
+    (``torch.manual_seed`` / ``transformers.set_seed`` before construction fixes it). Without
+    sample ids and with a seed, each process (main, DataLoader worker, rank) has its own stream
+    derived from (seed, rank, worker id, the worker's launch): ``seed`` alone reproduces a run,
+    and fresh workers (each epoch) get fresh streams. Without either, masks follow torch's
+    default generator, as in transformers.
 
     ``input_ids`` and ``labels`` come out int64 (what embeddings and the loss take) whatever the
     integer type of the examples: int32 ids, as shards store them, are widened by the op as it
@@ -282,7 +282,9 @@ class DataCollatorForLanguageModeling:
         self.vocab_size = len(tok)
         self.special_ids = self._special_ids(tok)
         self.left_padding = getattr(tok, "padding_side", "right") == "left"
-        self._pos_table = pos.resolve_weights(self.pos_weights) if self.pos_weights else None
+        self._pos_table = (
+            pos.resolve_weights(self.pos_weights) if self.pos_weights is not None else None
+        )
         if self.pos_frequencies is not None:
             freqs = [float(f) for f in self.pos_frequencies]
             if len(freqs) != pos.NUM_CLASSES:
@@ -316,11 +318,11 @@ class DataCollatorForLanguageModeling:
         # The rank, captured here and whenever the object is pickled in a main process: spawned
         # DataLoader workers see no process group, so it travels in the object's state.
         self._rank = _current_rank()
-        # Examples with sample ids need one seed for the whole run, the same in every worker:
-        # taken here, in the main process, from torch's default generator (its initial seed,
-        # which torch.manual_seed sets, without drawing from it: creating a collator leaves
-        # torch's random stream where it was).
-        self._run_seed = int(self.seed) if self.seed is not None else torch.initial_seed()
+        # Without a seed, examples with sample ids still need one for the whole run, the same in
+        # every worker: taken here, in the main process, from torch's default generator (its
+        # initial seed, which torch.manual_seed sets; nothing is drawn, so creating a collator
+        # leaves torch's random stream where it was).
+        self._run_seed = torch.initial_seed()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -398,7 +400,7 @@ class DataCollatorForLanguageModeling:
     ) -> tuple[int, torch.Tensor | None]:
         if sample_ids is not None:
             # elastic determinism: the mask depends on the example, not on who collates it
-            return self._run_seed, sample_ids
+            return (self.seed if self.seed is not None else self._run_seed), sample_ids
         if self.seed is None:
             return draw_seed(), None  # torch's generator: seeded per DataLoader worker by torch
         info = torch.utils.data.get_worker_info()
