@@ -91,6 +91,12 @@ def _check_whole_word_mask(value: Any) -> None:
         )
 
 
+def _as_tensor_on(x: Any, device: torch.device) -> torch.Tensor:
+    """A tensor, numpy array or nested list as a tensor on ``device``."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(device)
+
+
 def _is_row(x: Any) -> bool:
     return isinstance(x, list | tuple | np.ndarray | torch.Tensor)
 
@@ -310,11 +316,14 @@ class DataCollatorForLanguageModeling:
                 "this the tokenizer the examples were made with?",
                 stacklevel=3,
             )
-        # The stream of seeded batches without sample ids: (pid, seed, rank) it was derived for,
-        # its seed, and the examples it has masked.
-        self._stream_key: tuple[int, int, int] | None = None
-        self._stream_seed = 0
+        # The stream of seeded batches without sample ids: what it was derived for (see
+        # _seed_and_ids), its seed, and the examples it has masked.
+        self._stream_key: tuple[int, Any, bool] | None = None
+        self._stream_seed: int | None = None
         self._seen = 0
+        # Launches of each DataLoader worker slot, in shared memory so that every worker process
+        # (forked, spawned) counts with the others.
+        self._launches = torch.zeros(_WORKER_SLOTS, dtype=torch.int64).share_memory_()
         # The rank, captured here and whenever the object is pickled in a main process: spawned
         # DataLoader workers see no process group, so it travels in the object's state.
         self._rank = _current_rank()
@@ -404,26 +413,36 @@ class DataCollatorForLanguageModeling:
         if self.seed is None:
             return draw_seed(), None  # torch's generator: seeded per DataLoader worker by torch
         info = torch.utils.data.get_worker_info()
-        if info is None:
-            rank = _current_rank()
-            if rank is None:
-                rank = self._rank or 0
+        dist = torch.distributed
+        # what the stream depends on and may change between calls: the process (a fork starts
+        # its own stream), the seed, and in a main process whether a process group exists yet
+        key = (
+            os.getpid(),
+            self.seed,
+            info is None and dist.is_available() and dist.is_initialized(),
+        )
+        if key != self._stream_key:
+            if info is None:
+                rank = _current_rank()
+                if rank is None:
+                    rank = self._rank or 0
+                else:
+                    self._rank = rank
             else:
-                self._rank = rank
-        else:
-            rank = self._rank if self._rank is not None else (_current_rank() or 0)
-        key = (os.getpid(), int(self.seed), rank)
-        if key != self._stream_key:  # a new process (fork/spawn), seed or rank: a new stream
+                rank = self._rank if self._rank is not None else (_current_rank() or 0)
             launch = 0
             if info is not None:
                 # the launches of this worker slot so far, counted in shared memory: a worker
                 # started for a new epoch takes the next stream (persistent workers keep theirs)
-                slot = 1 + info.id % _WORKER_SLOTS
-                launch = int(self._shared[slot].item())
-                self._shared[slot] = launch + 1
+                slot = info.id % _WORKER_SLOTS
+                launch = int(self._launches[slot].item())
+                self._launches[slot] = launch + 1
             worker = 0 if info is None else 1 + info.id
-            self._stream_key, self._seen = key, 0
-            self._stream_seed = _mix_seed(int(self.seed), rank, worker, launch)
+            seed = _mix_seed(int(self.seed), rank, worker, launch)
+            new_process = self._stream_key is None or self._stream_key[0] != key[0]
+            if new_process or seed != self._stream_seed:  # else the same stream goes on
+                self._stream_seed, self._seen = seed, 0
+            self._stream_key = key
         ids = torch.arange(self._seen, self._seen + n, dtype=torch.long)
         self._seen += n
         return self._stream_seed, ids
@@ -578,11 +597,12 @@ class DataCollatorForLanguageModeling:
                 )
             else:
                 try:
-                    value = (
-                        torch.stack(rows)
-                        if isinstance(first, torch.Tensor)
-                        else torch.as_tensor(np.asarray(rows))
-                    )
+                    try:
+                        value = torch.stack(rows) if isinstance(first, torch.Tensor) else None
+                    except TypeError:  # tensors mixed with numbers or lists: numpy takes both
+                        value = None
+                    if value is None:
+                        value = torch.as_tensor(np.asarray(rows))
                 except (ValueError, TypeError, RuntimeError) as e:
                     raise ValueError(f"cannot batch the key {key!r}: {e}") from None
                 if value.dtype == torch.float64 and not isinstance(
@@ -616,6 +636,8 @@ class DataCollatorForLanguageModeling:
                 )
             table[torch.tensor(cont)] = True
             self._continuation = table
+        if self._continuation.device != ids.device:  # the hooks may be given CUDA ids
+            self._continuation = self._continuation.to(ids.device)
         cont = self._continuation[ids.clamp(0, len(self._continuation) - 1)] & ~special
         prev_special = torch.roll(special, 1, dims=1)
         prev_special[:, 0] = True
@@ -870,9 +892,9 @@ class DataCollatorForLanguageModeling:
             ids = ids.long()
         special = offsets = None
         if special_tokens_mask is not None:
-            special = as_2d(torch.as_tensor(np.asarray(special_tokens_mask), device=ids.device))
+            special = as_2d(_as_tensor_on(special_tokens_mask, ids.device))
         if offset_mapping is not None:
-            offsets = torch.as_tensor(np.asarray(offset_mapping), device=ids.device)
+            offsets = _as_tensor_on(offset_mapping, ids.device)
             offsets = offsets.unsqueeze(0) if one_row else offsets
         context: dict[str, Any] = {}
         if self._hook_context is not None and self._hook_context[0] == tuple(ids.shape):
@@ -932,18 +954,16 @@ _NUMPY_MASK_TOKENS = DataCollatorForLanguageModeling.numpy_mask_tokens
 
 
 def _get_epoch(self: DataCollatorForLanguageModeling) -> int:
-    return int(self._shared[0].item())  # .item(): indexing a tensor costs microseconds
+    return int(self._epoch.item())  # .item(): indexing a tensor costs microseconds
 
 
 def _set_epoch(self: DataCollatorForLanguageModeling, epoch: int) -> None:
     if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or not 0 <= epoch < 2**32:
         raise ValueError(f"epoch must be an integer in [0, 2^32), got {epoch!r}")
-    shared = self.__dict__.get("_shared")
+    shared = self.__dict__.get("_epoch")
     if shared is None:
-        # [epoch, launches of each worker slot], in shared memory so that DataLoader workers
-        # (forked, spawned, persistent) see set_epoch and count their launches together
-        shared = torch.zeros(1 + _WORKER_SLOTS, dtype=torch.int64).share_memory_()
-        self._shared = shared
+        # in shared memory, so that set_epoch reaches DataLoader workers (persistent ones too)
+        shared = self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
     shared[0] = int(epoch)
 
 

@@ -315,12 +315,13 @@ def test_offset_mapping_per_example_as_tensor_or_array(tok, encoding):
 
 @pytest.mark.parametrize("first", ["tensor", "list"])
 def test_rows_mixing_tensors_and_lists(tok, examples, first):
-    items = with_ids(examples[:12])
+    items = [dict(e, next_sentence_label=i % 2) for i, e in enumerate(with_ids(examples[:12]))]
     mixed = fresh(items)
     for i, e in enumerate(mixed):
         if (i % 2 == 0) == (first == "tensor"):
             for k in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask"):
                 e[k] = torch.tensor(e[k])
+            e["next_sentence_label"] = torch.tensor(e["next_sentence_label"])
     assert isinstance(mixed[0]["input_ids"], torch.Tensor) == (first == "tensor")
     ref = DataCollatorForLanguageModeling(tok, seed=3)(fresh(items))
     out = DataCollatorForLanguageModeling(tok, seed=3)(mixed)
