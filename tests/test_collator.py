@@ -36,6 +36,7 @@ from transformers import DataCollatorForLanguageModeling as HFCollator  # noqa: 
 
 from mlmfast import pos  # noqa: E402
 from mlmfast.collator import (  # noqa: E402
+    CollatorWarning,
     DataCollatorForLanguageModeling,
     DataCollatorForWholeWordMask,
 )
@@ -602,18 +603,45 @@ def test_set_epoch_changes_masks_and_going_back_reproduces(tok, features):
 
 
 def test_seed_none_follows_torch_manual_seed(tok, features):
-    for examples in (copies(features[:32]), with_ids(features[:32])):
-        collator = DataCollatorForLanguageModeling(tok)
-        torch.manual_seed(123)
-        a = collator(copies(examples))["labels"]
-        b = collator(copies(examples))["labels"]
-        torch.manual_seed(123)
-        c = DataCollatorForLanguageModeling(tok)(copies(examples))["labels"]
-        torch.manual_seed(124)
-        d = collator(copies(examples))["labels"]
-        assert torch.equal(a, c)
-        assert not torch.equal(a, b)
-        assert not torch.equal(a, d)
+    """Without sample ids, every batch draws from torch's generator (as transformers does);
+    making a collator does not draw from it."""
+    examples = copies(features[:32])
+    collator = DataCollatorForLanguageModeling(tok)
+    torch.manual_seed(123)
+    a = collator(copies(examples))["labels"]
+    b = collator(copies(examples))["labels"]
+    torch.manual_seed(123)
+    c = DataCollatorForLanguageModeling(tok)(copies(examples))["labels"]
+    torch.manual_seed(124)
+    d = collator(copies(examples))["labels"]
+    assert torch.equal(a, c)
+    assert not torch.equal(a, b)
+    assert not torch.equal(a, d)
+
+
+def test_seed_none_with_sample_ids_keeps_masks_batch_independent(tok, features):
+    """seed=None with sample ids: one run seed, taken from torch's initial seed when the
+    collator is made, so an example's mask does not depend on its batch or on later draws."""
+    examples = with_ids(features[:48])
+    torch.manual_seed(123)
+    collator = DataCollatorForLanguageModeling(tok)
+    whole = collator(copies(examples))["labels"]
+    torch.rand(1000)  # later draws from torch's generator change nothing
+    again = collator(copies(examples))["labels"]
+    assert torch.equal(whole, again)
+    # the same examples in other batch compositions (and another collator made after the same
+    # torch.manual_seed) get the same masks, row for row
+    torch.manual_seed(123)
+    other = DataCollatorForLanguageModeling(tok)
+    order = np.random.default_rng(1).permutation(len(examples))
+    for part in np.array_split(order, 5):
+        out = other(copies([examples[i] for i in part]))["labels"]
+        width = out.shape[1]
+        for row, i in enumerate(part):
+            assert torch.equal(out[row], whole[i, :width]), i
+            assert (whole[i, width:] == -100).all()
+    torch.manual_seed(124)
+    assert not torch.equal(DataCollatorForLanguageModeling(tok)(copies(examples))["labels"], whole)
 
 
 # ---- DataLoader workers, ranks, pickling ------------------------------------------------------
@@ -900,16 +928,19 @@ def test_whole_word_on_sentence_pairs(tok, texts, source):
     else:
         keys = ("input_ids", "special_tokens_mask", "offset_mapping")
         examples = [{k: enc[k][i] for k in keys} for i in range(n)]
-    out = DataCollatorForLanguageModeling(tok, whole_word_mask=True, mlm_probability=0.5, seed=0)(
-        copy.deepcopy(examples)
+    collator = DataCollatorForLanguageModeling(
+        tok, whole_word_mask=True, mlm_probability=0.5, seed=0
     )
     agree = 0
-    for i in range(n):
-        word_ids, seq_ids = enc.word_ids(i), enc.sequence_ids(i)
-        a = word_ids.index(0)  # first token of sequence A's first word
-        b = next(j for j in range(len(word_ids)) if seq_ids[j] == 1 and word_ids[j] == 0)
-        agree += int((out["labels"][i, a] != -100) == (out["labels"][i, b] != -100))
-    assert scipy.stats.binomtest(agree, n, 0.5).pvalue > P_VALUE
+    for epoch in range(4):  # 4 x 96 pairs: enough for the test to tell 1/2 from a bias
+        collator.set_epoch(epoch)
+        out = collator(copy.deepcopy(examples))
+        for i in range(n):
+            word_ids, seq_ids = enc.word_ids(i), enc.sequence_ids(i)
+            a = word_ids.index(0)  # first token of sequence A's first word
+            b = next(j for j in range(len(word_ids)) if seq_ids[j] == 1 and word_ids[j] == 0)
+            agree += int((out["labels"][i, a] != -100) == (out["labels"][i, b] != -100))
+    assert scipy.stats.binomtest(agree, 4 * n, 0.5).pvalue > P_VALUE
 
 
 def test_whole_word_mask_subclass_equals_the_flag(tok, encoding):
@@ -957,10 +988,13 @@ def test_whole_word_from_offset_mapping_variable_lengths(tok, tok_left, encoding
 
 
 def test_whole_word_from_wordpiece_continuations(tok, features):
-    """No word_ids or offsets: words come from the '##' pieces (transformers 4.x's rule)."""
-    out = DataCollatorForLanguageModeling(tok, whole_word_mask=True, mlm_probability=0.5, seed=3)(
-        copies(features[:32])
+    """No word_ids or offsets: words come from the '##' pieces (transformers 4.x's rule), and
+    the collator says so."""
+    collator = DataCollatorForLanguageModeling(
+        tok, whole_word_mask=True, mlm_probability=0.5, seed=3
     )
+    with pytest.warns(CollatorWarning, match="'##' pieces"):
+        out = collator(copies(features[:32]))
     ids = torch.nn.utils.rnn.pad_sequence(
         [torch.tensor(f["input_ids"]) for f in features[:32]], batch_first=True
     )
