@@ -2,14 +2,23 @@
 # Creates (or updates) a virtualenv with everything mlmfast needs and builds the extension in it.
 #   bash scripts/bootstrap.sh [VENV]        (default .venv)
 # Environment:
-#   TORCH_SPEC   torch requirement (default torch==2.14.1, the CUDA 13 build: it compiles the CUDA
-#                sources too; torch==2.13.0 is a CPU-only build, smaller and faster to install)
+#   TORCH_SPEC   torch requirement. Default: torch==2.14.1 (the CUDA 13 build, 5.4 GB; the CUDA
+#                sources are compiled too) where nvidia-smi sees a GPU, else torch==2.13.0 (the
+#                CPU-only build here, 0.9 GB): a newcomer without a GPU gets a working demo without
+#                downloading CUDA or compiling three GPU architectures. CI sets torch==2.14.1.
 #   CUDA_HOME    CUDA toolkit (default /usr/local/cuda); CUDA sources are built when it has nvcc
 #                and torch has CUDA (FORCE_CUDA=1 makes that mandatory, MLMFAST_NO_CUDA=1 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
+if [ -z "${TORCH_SPEC:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    TORCH_SPEC=torch==2.14.1
+  else
+    TORCH_SPEC=torch==2.13.0
+  fi
+fi
+echo "bootstrap: $TORCH_SPEC into $VENV"
 
 if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
