@@ -49,77 +49,30 @@ def _batches(texts, size):
         yield batch
 
 
+_MASK_SETTINGS = (
+    "source", "mlm_probability", "mask_replace_prob", "random_replace_prob", "mode",
+    "whole_word", "seed", "epoch", "max_length", "device",
+)  # fmt: skip
+
+
 def _mask(args: argparse.Namespace) -> int:
+    """``mlmfast mask``: batches of the corpus through the op; examples and measured rates."""
     import torch
     from tqdm import tqdm
 
-    import mlmfast
     from mlmfast.data import load_tokenizer, read_texts
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("mlmfast mask: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+        raise ValueError("--device cuda but no CUDA device is available; use --device cpu")
     tok = load_tokenizer(args.tokenizer)
     specials = sorted(set(tok.all_special_ids))
-    stats = {
-        "documents": 0,
-        "tokens": 0,
-        "eligible": 0,
-        "selected": 0,
-        "mask": 0,
-        "random": 0,
-        "kept": 0,
-    }
-    shown = 0
-    mask_seconds = 0.0
-    texts = read_texts(args.source, limit=args.limit)
+    stats = dict.fromkeys(("documents", "tokens", "eligible", "selected", "mask", "random"), 0)
+    stats["kept"], shown, mask_seconds = 0, 0, 0.0
     progress = tqdm(total=args.limit, unit="doc", desc="mask", disable=args.quiet)
-    for batch in _batches(texts, args.batch_size):
-        enc = tok(
-            batch,
-            truncation=True,
-            max_length=args.max_length,
-            padding=True,
-            return_tensors="pt",
-            return_special_tokens_mask=True,
-        )
-        ids = enc["input_ids"].to(args.device)
-        att = enc["attention_mask"].to(args.device)
-        word_ids = None
-        if args.whole_word:
-            word_ids = torch.tensor(
-                [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(batch))]
-            ).to(args.device)
-        start = stats["documents"]
-        sample_ids = torch.arange(start, start + len(batch), device=args.device)
-        t0 = time.perf_counter()
-        out = mlmfast.mask_tokens(
-            ids,
-            attention_mask=att,
-            word_ids=word_ids,
-            sample_ids=sample_ids,
-            special_ids=specials,
-            mask_token_id=tok.mask_token_id,
-            vocab_size=len(tok),
-            mlm_probability=args.mlm_probability,
-            mask_replace_prob=args.mask_replace_prob,
-            random_replace_prob=args.random_replace_prob,
-            seed=args.seed,
-            epoch=args.epoch,
-            mode=args.mode,
-        )
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        mask_seconds += time.perf_counter() - t0
-        sel = out.labels != -100
-        eligible = (att != 0) & ~torch.isin(ids, torch.tensor(specials, device=ids.device))
-        stats["documents"] += len(batch)
-        stats["tokens"] += int(att.sum())
-        stats["eligible"] += int(eligible.sum())
-        stats["selected"] += int(sel.sum())
-        stats["mask"] += int((sel & (out.input_ids == tok.mask_token_id)).sum())
-        stats["kept"] += int((sel & (out.input_ids == ids)).sum())
-        stats["random"] = stats["selected"] - stats["mask"] - stats["kept"]
+    for batch in _batches(read_texts(args.source, limit=args.limit), args.batch_size):
+        ids, att, out, seconds = _mask_batch(args, tok, specials, batch, stats["documents"])
+        mask_seconds += seconds
+        _count_masks(stats, tok, specials, ids, att, out)
         while shown < args.show and shown < len(batch):
             row = out.input_ids[shown][att[shown] != 0].tolist()
             print(f"\n[example {shown}] {tok.decode(row)}")
@@ -135,27 +88,70 @@ def _mask(args: argparse.Namespace) -> int:
         kept_share=stats["kept"] / sel,
         mask_seconds=mask_seconds,
         tokens_per_second=stats["tokens"] / mask_seconds if mask_seconds else None,
-        settings={
-            k: getattr(args, k)
-            for k in (
-                "source",
-                "mlm_probability",
-                "mask_replace_prob",
-                "random_replace_prob",
-                "mode",
-                "whole_word",
-                "seed",
-                "epoch",
-                "max_length",
-                "device",
-            )
-        },
+        settings={k: getattr(args, k) for k in _MASK_SETTINGS},
     )
     print("\n" + json.dumps(summary, indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
     return 0
+
+
+def _mask_batch(args, tok, specials, batch, first_id):
+    """Tokenise one batch of texts and mask it: (ids, attention mask, op output, seconds)."""
+    import torch
+
+    import mlmfast
+
+    enc = tok(
+        batch,
+        truncation=True,
+        max_length=args.max_length,
+        padding=True,
+        return_tensors="pt",
+        return_special_tokens_mask=True,
+    )
+    ids = enc["input_ids"].to(args.device)
+    att = enc["attention_mask"].to(args.device)
+    word_ids = None
+    if args.whole_word:
+        word_ids = torch.tensor(
+            [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(batch))]
+        ).to(args.device)
+    sample_ids = torch.arange(first_id, first_id + len(batch), device=args.device)
+    t0 = time.perf_counter()
+    out = mlmfast.mask_tokens(
+        ids,
+        attention_mask=att,
+        word_ids=word_ids,
+        sample_ids=sample_ids,
+        special_ids=specials,
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        mlm_probability=args.mlm_probability,
+        mask_replace_prob=args.mask_replace_prob,
+        random_replace_prob=args.random_replace_prob,
+        seed=args.seed,
+        epoch=args.epoch,
+        mode=args.mode,
+    )
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    return ids, att, out, time.perf_counter() - t0
+
+
+def _count_masks(stats: dict, tok, specials, ids, att, out) -> None:
+    import torch
+
+    sel = out.labels != -100
+    eligible = (att != 0) & ~torch.isin(ids, torch.tensor(specials, device=ids.device))
+    stats["documents"] += ids.shape[0]
+    stats["tokens"] += int(att.sum())
+    stats["eligible"] += int(eligible.sum())
+    stats["selected"] += int(sel.sum())
+    stats["mask"] += int((sel & (out.input_ids == tok.mask_token_id)).sum())
+    stats["kept"] += int((sel & (out.input_ids == ids)).sum())
+    stats["random"] = stats["selected"] - stats["mask"] - stats["kept"]
 
 
 def _prepare(args: argparse.Namespace) -> int:
