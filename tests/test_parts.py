@@ -6,37 +6,22 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 
 import pytest
+from corpus import random_docs, snapshot
 
 from mlmfast.data import prepare
 from mlmfast.data.parts import PartError, merge
-from mlmfast.data.shards import MANIFEST, ShardError
-
-WORDS = ["the", "film", "was", "great", "awful", "plot", "actor", "scene", "music", "ending"]
+from mlmfast.data.shards import ShardError
 
 
 def _corpus(path, n=130, seed=5):
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+    lines = random_docs(n, seed=seed, max_words=40)
     lines[50] = lines[7]  # a duplicate in another part's batch
     path.write_text("\n".join(lines) + "\n")
     return str(path)
-
-
-def _snapshot(directory) -> dict:
-    out = {}
-    for name in sorted(os.listdir(directory)):
-        data = (directory / name).read_bytes()
-        if name == MANIFEST:
-            m = json.loads(data)
-            m.pop("created"), m.pop("seconds")
-            data = m
-        out[name] = data
-    return out
 
 
 MODES = {
@@ -59,17 +44,17 @@ def _kw(mode):
 def test_every_split_gives_the_bytes_of_one_run(tmp_path, src, mode):
     kw = _kw(mode)
     prepare(src, str(tmp_path / "one"), **kw)
-    expected = _snapshot(tmp_path / "one")
+    expected = snapshot(tmp_path / "one")
     assert len(expected) > 3  # several shards
     prepare(src, str(tmp_path / "pool"), num_proc=2, **kw)
-    assert _snapshot(tmp_path / "pool") == expected
+    assert snapshot(tmp_path / "pool") == expected
     for n in (1, 2, 3):
         out = tmp_path / f"parts{n}"
         for k in reversed(range(n)):  # any order
             record = prepare(src, str(out), part=f"{k}/{n}", **kw)
             assert record["part"] == k and record["batches"] == 7
         merge(str(out), progress=False)
-        assert _snapshot(out) == expected, n  # and the parts are gone
+        assert snapshot(out) == expected, n  # and the parts are gone
 
 
 def test_dask_local_cluster_and_an_existing_one(tmp_path, src):
@@ -77,13 +62,13 @@ def test_dask_local_cluster_and_an_existing_one(tmp_path, src):
 
     kw = _kw("pack+dedup")
     prepare(src, str(tmp_path / "one"), **kw)
-    expected = _snapshot(tmp_path / "one")
+    expected = snapshot(tmp_path / "one")
     prepare(src, str(tmp_path / "local"), engine="dask", num_proc=2, **kw)
-    assert _snapshot(tmp_path / "local") == expected
+    assert snapshot(tmp_path / "local") == expected
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
         prepare(src, str(tmp_path / "remote"), engine="dask", scheduler=cluster.scheduler_address,
                 num_proc=3, **kw)  # fmt: skip
-    assert _snapshot(tmp_path / "remote") == expected
+    assert snapshot(tmp_path / "remote") == expected
 
 
 def test_a_killed_part_resumes(tmp_path, src):
@@ -99,7 +84,7 @@ def test_a_killed_part_resumes(tmp_path, src):
         merge(str(out), progress=False)
     prepare(src, str(out), part="1/2", **kw)  # resumes: chunk 1 kept, 3 and 5 made
     merge(str(out), progress=False)
-    assert _snapshot(out) == _snapshot(tmp_path / "one")
+    assert snapshot(out) == snapshot(tmp_path / "one")
 
 
 def test_merge_refuses_foreign_or_missing_parts(tmp_path, src):

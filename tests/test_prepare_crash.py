@@ -11,33 +11,15 @@ import sys
 import time
 
 import pytest
+from corpus import random_docs, snapshot
 
 from mlmfast.data import open_shards, prepare
 from mlmfast.data.shards import MANIFEST
 from mlmfast.locking import LOCK_NAME, DirectoryLock, DirectoryLocked
 
-WORDS = [
-    "the",
-    "film",
-    "was",
-    "great",
-    "awful",
-    "plot",
-    "actor",
-    "scene",
-    "music",
-    "boring",
-    "wonderful",
-    "ending",
-]
-
 
 def _corpus(path, n=90):
-    import random
-
-    rng = random.Random(3)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 50))) for _ in range(n)]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(random_docs(n, seed=3, min_words=3, max_words=50)) + "\n")
     return str(path)
 
 
@@ -62,26 +44,13 @@ def _prepare_in_subprocess(src, out, env_extra: dict, **extra) -> subprocess.Com
     )
 
 
-def _snapshot(directory) -> dict:
-    """Every file's bytes; the manifest without its timing fields."""
-    out = {}
-    for name in sorted(os.listdir(directory)):
-        data = (directory / name).read_bytes()
-        if name == MANIFEST:
-            m = json.loads(data)
-            m.pop("created"), m.pop("seconds")
-            data = m
-        out[name] = data
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
     src = _corpus(d / "docs.txt")
     m = _run(src, str(d / "out"))
     assert len(m["shards"]) >= 3
-    return src, _snapshot(d / "out")
+    return src, snapshot(d / "out")
 
 
 KILL_POINTS = [
@@ -105,7 +74,7 @@ def test_kill_9_at_each_stage_then_rerun_gives_the_same_bytes(tmp_path, referenc
     r = _prepare_in_subprocess(src, str(out), {"MLMFAST_KILL_AT": point})
     assert r.returncode == -9, (point, r.returncode, r.stderr[-2000:])
     _run(src, str(out))  # the same command again
-    assert _snapshot(out) == expected  # no temporary file, lock or progress left either
+    assert snapshot(out) == expected  # no temporary file, lock or progress left either
     open_shards(str(out), verify="always")
 
 
@@ -116,7 +85,7 @@ def test_two_kills_in_a_row_then_rerun(tmp_path, reference):
         r = _prepare_in_subprocess(src, str(out), {"MLMFAST_KILL_AT": point})
         assert r.returncode == -9, r.stderr[-2000:]
     _run(src, str(out))
-    assert _snapshot(out) == expected
+    assert snapshot(out) == expected
 
 
 def test_overwrite_removes_leftovers_of_a_killed_run(tmp_path, reference):
@@ -161,7 +130,7 @@ def test_a_second_run_is_refused_at_once_naming_the_first(tmp_path, reference):
         holder.wait()
     # the holder died without releasing anything: its lock is taken over
     _run(src, str(out))
-    assert _snapshot(out) == expected
+    assert snapshot(out) == expected
 
 
 def test_a_lock_file_of_a_dead_process_is_taken_over(tmp_path):
@@ -204,7 +173,7 @@ def test_two_concurrent_runs_with_other_options_leave_one_complete_set(tmp_path,
     winner_min_tokens = json.loads((out / MANIFEST).read_text())["options"]["min_tokens"]
     open_shards(str(out), verify="always")
     if winner_min_tokens == 0:
-        assert _snapshot(out) == expected
+        assert snapshot(out) == expected
     assert not [n for n in os.listdir(out) if n.startswith(".")]
 
 
