@@ -307,6 +307,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "mlmfast.train.pretrain",
     "mlmfast.generate",
     "mlmfast.train.finetune",
+    "mlmfast.train.plot",
 )
 
 
