@@ -124,8 +124,11 @@ def load_mlm(path: str | os.PathLike, device: str | torch.device = "cpu", tokeni
 
     from transformers import AutoModelForMaskedLM
 
+    from mlmfast.train.models import quiet_transformers
+
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        with quiet_transformers():  # a load report and a progress bar per load: noise here
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
     except OSError as e:
         raise FileNotFoundError(f"model: {path!r} could not be loaded: {e}") from e
     except ValueError as e:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mlmfast.train.finetune import model as task_model
 from mlmfast.train.finetune.config import FinetuneConfig
 from mlmfast.train.finetune.inputs import Inputs
+from mlmfast.train.models import quiet_transformers
 
 HEAD_STEPS = 200  # mlm_head_steps when the init has no trained MLM head
 HEAD_FILE = "mlm_head.safetensors"
@@ -153,7 +154,7 @@ def _init_head(cfg: FinetuneConfig, inputs: Inputs) -> tuple[dict, bool]:
     """The init's MLM head weights and whether they are trained (False: initialised now)."""
     from transformers import BertForMaskedLM
 
-    with torch.random.fork_rng(devices=[]), task_model.quiet_transformers():
+    with torch.random.fork_rng(devices=[]), quiet_transformers():
         torch.manual_seed(cfg.seed + 2)
         if cfg.init == "random":
             from transformers.models.bert.modeling_bert import BertOnlyMLMHead

@@ -17,6 +17,7 @@ from mlmfast.train.finetune.data import (
     pos_data,
     read_classification,
 )
+from mlmfast.train.models import quiet_transformers
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _base_config(cfg: FinetuneConfig, model_dir: str, tokenizer):
     """The init's config, checked against its tokenizer and the strategy."""
     from transformers import BertConfig
 
-    with task_model.quiet_transformers():
+    with quiet_transformers():
         config = BertConfig.from_pretrained(model_dir)
     if config.vocab_size < len(tokenizer):
         raise ValueError(

@@ -4,7 +4,6 @@ at the end (the merged model, and for LoRA the adapter)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import re
@@ -14,23 +13,9 @@ import torch
 
 from mlmfast.train.finetune.config import FinetuneConfig
 from mlmfast.train.finetune.data import TaskData
+from mlmfast.train.models import quiet_transformers
 
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """transformers prints a load report and progress bars per from_pretrained; the summary
-    records what was initialised instead."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def model_dir(cfg: FinetuneConfig) -> str:
