@@ -333,6 +333,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "mlmfast.train.pretrain",
     "mlmfast.generate",
     "mlmfast.train.finetune",
+    "mlmfast.train.plot",
 )
 
 

@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -123,8 +124,11 @@ def load_mlm(path: str | os.PathLike, device: str | torch.device = "cpu", tokeni
 
     from transformers import AutoModelForMaskedLM
 
+    from mlmfast.train.models import quiet_transformers
+
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        with quiet_transformers():  # a load report and a progress bar per load: noise here
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
     except OSError as e:
         raise FileNotFoundError(f"model: {path!r} could not be loaded: {e}") from e
     except ValueError as e:
@@ -413,90 +417,136 @@ def generate(
     _check_options(
         strategy, num_masks, iterations, temperature, top_k, num_samples, batch_size, block_size
     )
+    model, tokenizer, device = _model_on_device(model, tokenizer, device)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if iterations is None:
+        iterations = DEFAULT_ITERATIONS[strategy]
+    if seed is None:
+        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    encoded = _encode_prompts(tokenizer, prompts, num_masks, suffix, _max_length(model, tokenizer))
+    jobs = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
+    fill = _Fill(
+        model=model,
+        tokenizer=tokenizer,
+        banned=_banned(model, tokenizer, device),
+        device=device,
+        strategy=strategy,
+        iterations=iterations,
+        temperature=temperature,
+        top_k=top_k,
+        block_size=block_size,
+        seed=seed,
+    )
+    with _eval_mode(model):
+        results = fill.all([encoded[p] for p, _ in jobs], batch_size, progress)
+        scores: list[float | None] = [None] * len(jobs)
+        if score:
+            scores = list(
+                pseudo_log_likelihood(model, tokenizer, results, batch_size=pll_batch_size)
+            )
+    mask_id = tokenizer.mask_token_id
+    return [
+        Generation(
+            prompt_index=p,
+            sample_index=s,
+            prompt=prompts[p],
+            text=tokenizer.decode(results[i], skip_special_tokens=True),
+            input_ids=results[i],
+            mask_positions=[j for j, t in enumerate(encoded[p]) if t == mask_id],
+            pseudo_log_likelihood=scores[i],
+            seed=seed,
+        )
+        for i, (p, s) in enumerate(jobs)
+    ]
+
+
+def _model_on_device(model, tokenizer, device):
+    """The model (loaded when ``model`` is a directory) and its tokenizer, checked to fit, on
+    ``device`` (default: where the model is)."""
     if isinstance(model, str | os.PathLike):
         model, tokenizer = load_mlm(model, device or "cpu", tokenizer)
     elif tokenizer is None:
         raise ValueError("tokenizer: None; expected a tokenizer when model is a model object")
     else:
         _check_pair(model, tokenizer)
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if iterations is None:
-        iterations = DEFAULT_ITERATIONS[strategy]
-    if seed is None:
-        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
     model.to(device)
+    return model, tokenizer, device
 
-    encoded = _encode_prompts(tokenizer, prompts, num_masks, suffix, _max_length(model, tokenizer))
-    jobs = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
-    results: list[list[int]] = [[] for _ in jobs]
-    # Grouping by length wastes less padding; outputs do not depend on the grouping.
-    order = sorted(range(len(jobs)), key=lambda i: len(encoded[jobs[i][0]]))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    banned = _banned(model, tokenizer, device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    from tqdm import tqdm
-
-    bar = tqdm(chunks, desc="generate", unit="batch", disable=not progress or len(chunks) < 2)
+@contextlib.contextmanager
+def _eval_mode(model):
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            for chunk in bar:
-                rows = [encoded[jobs[i][0]] for i in chunk]
-                width = max(len(r) for r in rows)
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                att = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, r in enumerate(rows):
-                    ids[j, : len(r)] = torch.tensor(r)
-                    att[j, : len(r)] = 1
-                ids, att = ids.to(device), att.to(device)
-                slots = ids == tokenizer.mask_token_id
-                conf = torch.zeros(ids.shape, dtype=torch.float32, device=device)
-                generators = []
-                for i in chunk:
-                    g = torch.Generator()
-                    g.manual_seed(_output_seed(seed, i))
-                    generators.append(g)
-                s = _Sampler(model, banned, temperature, top_k, generators, tokenizer.mask_token_id)
-                if strategy == "left-to-right":
-                    _left_to_right(s, ids, att, conf, slots)
-                elif strategy == "mask-predict":
-                    _mask_predict(s, ids, att, conf, slots, iterations)
-                else:
-                    _gibbs(s, ids, att, conf, slots, iterations, block_size)
-                for j, i in enumerate(chunk):
-                    results[i] = ids[j, : len(rows[j])].tolist()
-        scores: list[float | None] = [None] * len(jobs)
-        if score:
-            scores = list(
-                pseudo_log_likelihood(model, tokenizer, results, batch_size=pll_batch_size)
-            )
+        yield
     finally:
         model.train(was_training)
 
-    out = []
-    for i, (p, s) in enumerate(jobs):
-        out.append(
-            Generation(
-                prompt_index=p,
-                sample_index=s,
-                prompt=prompts[p],
-                text=tokenizer.decode(results[i], skip_special_tokens=True),
-                input_ids=results[i],
-                mask_positions=[
-                    j for j, t in enumerate(encoded[p]) if t == tokenizer.mask_token_id
-                ],
-                pseudo_log_likelihood=scores[i],
-                seed=seed,
-            )
+
+def _pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` right-padded to the longest: ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r)
+        att[j, : len(r)] = 1
+    return ids, att
+
+
+@dataclass
+class _Fill:
+    """Fills the slots of a batch of encoded prompts with the chosen strategy."""
+
+    model: Any
+    tokenizer: Any
+    banned: torch.Tensor
+    device: torch.device
+    strategy: str
+    iterations: int
+    temperature: float
+    top_k: int
+    block_size: int
+    seed: int
+
+    def all(self, rows: list[list[int]], batch_size: int, progress: bool) -> list[list[int]]:
+        """Every row filled, ``batch_size`` rows per batch; row ``i`` is output ``i`` (its index
+        seeds its draws)."""
+        from tqdm import tqdm
+
+        # Grouping by length wastes less padding; outputs do not depend on the grouping.
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        results: list[list[int]] = [[] for _ in rows]
+        bar = tqdm(chunks, desc="generate", unit="batch", disable=not progress or len(chunks) < 2)
+        with torch.inference_mode():
+            for chunk in bar:
+                filled = self.batch([rows[i] for i in chunk], chunk)
+                for i, ids in zip(chunk, filled, strict=True):
+                    results[i] = ids
+        return results
+
+    def batch(self, rows: list[list[int]], outputs: list[int]) -> list[list[int]]:
+        """The filled ``rows``; ``outputs`` are their output indices."""
+        tok = self.tokenizer
+        ids, att = _pad(rows, tok.pad_token_id if tok.pad_token_id is not None else 0)
+        ids, att = ids.to(self.device), att.to(self.device)
+        slots = ids == tok.mask_token_id
+        conf = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
+        generators = [torch.Generator().manual_seed(_output_seed(self.seed, i)) for i in outputs]
+        s = _Sampler(
+            self.model, self.banned, self.temperature, self.top_k, generators, tok.mask_token_id
         )
-    return out
+        if self.strategy == "left-to-right":
+            _left_to_right(s, ids, att, conf, slots)
+        elif self.strategy == "mask-predict":
+            _mask_predict(s, ids, att, conf, slots, self.iterations)
+        else:
+            _gibbs(s, ids, att, conf, slots, self.iterations, self.block_size)
+        return [ids[j, : len(r)].tolist() for j, r in enumerate(rows)]
 
 
 def pseudo_log_likelihood(
@@ -518,8 +568,25 @@ def pseudo_log_likelihood(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    if isinstance(texts, str):
-        texts = [texts]
+    seqs = _token_ids(model, tokenizer, [texts] if isinstance(texts, str) else texts)
+    if device is None:
+        device = next(model.parameters()).device
+    model.to(device)
+    special = set(tokenizer.all_special_ids)
+    by_length = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    # one job per scored token: (text, position); a batch mixes texts
+    jobs = [(i, p) for i in by_length for p, t in enumerate(seqs[i]) if t not in special]
+    totals = [0.0] * len(seqs)
+    with _eval_mode(model), torch.inference_mode():
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            scored = _masked_log_probs(model, tokenizer, seqs, chunk, device)
+            for (i, _), v in zip(chunk, scored, strict=True):
+                totals[i] += v
+    return totals
+
+
+def _token_ids(model, tokenizer, texts) -> list[list[int]]:
     seqs = []
     for i, t in enumerate(texts):
         if isinstance(t, str):
@@ -534,42 +601,36 @@ def pseudo_log_likelihood(
     for i, s in enumerate(seqs):
         if limit is not None and len(s) > limit:
             raise ValueError(f"texts[{i}]: {len(s)} tokens; the model takes at most {limit}")
-    if device is None:
-        device = next(model.parameters()).device
-    model.to(device)
-    special = set(tokenizer.all_special_ids)
+    return seqs
+
+
+def _masked_log_probs(model, tokenizer, seqs, chunk, device) -> list[float]:
+    """log p(token) for each ``(text, position)`` of ``chunk``, that one token masked."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    by_length = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    jobs = [(i, p) for i in by_length for p, t in enumerate(seqs[i]) if t not in special]
-    totals = [0.0] * len(seqs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(jobs), batch_size):
-                chunk = jobs[start : start + batch_size]
-                width = max(len(seqs[i]) for i, _ in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                att = torch.zeros((len(chunk), width), dtype=torch.long)
-                for j, (i, _) in enumerate(chunk):
-                    ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
-                    att[j, : len(seqs[i])] = 1
-                cols = torch.tensor([p for _, p in chunk])
-                rows = torch.arange(len(chunk))
-                target = ids[rows, cols].clone()
-                ids[rows, cols] = tokenizer.mask_token_id
-                logits = _logits_at(
-                    model, ids.to(device), att.to(device), rows.to(device), cols.to(device)
-                )
-                lp = logits.float().log_softmax(-1).gather(1, target.to(device).unsqueeze(1))
-                for (i, _), v in zip(chunk, lp.squeeze(1).tolist(), strict=True):
-                    totals[i] += v
-    finally:
-        model.train(was_training)
-    return totals
+    ids, att = _pad([seqs[i] for i, _ in chunk], pad)
+    cols = torch.tensor([p for _, p in chunk])
+    rows = torch.arange(len(chunk))
+    target = ids[rows, cols].clone()
+    ids[rows, cols] = tokenizer.mask_token_id
+    logits = _logits_at(model, ids.to(device), att.to(device), rows.to(device), cols.to(device))
+    lp = logits.float().log_softmax(-1).gather(1, target.to(device).unsqueeze(1))
+    return lp.squeeze(1).tolist()
 
 
 # --------------------------------------------------------------------------- CLI
+
+DESCRIPTION = """\
+Generate text with a masked-language model: each prompt is followed by --num-masks [MASK]
+slots (and --suffix), or is a template with [MASK] anywhere; the chosen strategy fills the
+slots. Prints every output with its pseudo-log-likelihood (PLL): the sum over its tokens of
+log p(token | all the others), closer to 0 = more likely to the model."""
+
+EXAMPLES = """\
+examples:
+  mlmfast generate --model runs/demo/tiny/model --prompt "this movie was" --num-masks 4
+  mlmfast generate --model runs/tiny/model --prompt "the [MASK] was [MASK] ." --temperature 0
+  mlmfast generate --model runs/tiny/model --prompts-file prompts.txt --num-masks 3 \\
+      --strategy gibbs --num-samples 5 --json outputs.json"""
 
 
 def add_parser(sub) -> None:
@@ -577,115 +638,182 @@ def add_parser(sub) -> None:
     g = sub.add_parser(
         "generate",
         help="fill [MASK] slots with a masked-language model",
-        description="Generate text with a masked-language model: each prompt is followed by "
-        "--num-masks [MASK] slots (and --suffix), or is a template with [MASK] anywhere; the "
-        "slots are filled by the chosen strategy. Prints every output with its "
-        "pseudo-log-likelihood (PLL).",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument(
-        "--model",
-        required=True,
-        help="save_pretrained directory of a BertForMaskedLM (any *ForMaskedLM) with its "
-        "tokenizer, e.g. runs/tiny/model",
-    )
-    g.add_argument("--tokenizer", default=None, help="tokenizer directory if --model has none")
-    g.add_argument(
-        "--prompt",
-        action="append",
-        default=[],
-        help="text followed by the slots, or a template with [MASK] (repeatable)",
-    )
-    g.add_argument("--prompts-file", default=None, help="one prompt per line (blank lines skipped)")
-    g.add_argument(
-        "--num-masks",
-        type=int,
-        default=0,
-        help="[MASK] slots appended to every prompt (needed for prompts without [MASK])",
-    )
-    g.add_argument("--suffix", default=None, help="text after the appended slots, e.g. '.'")
-    g.add_argument("--strategy", choices=STRATEGIES, default="mask-predict")
-    g.add_argument(
-        "--iterations",
-        type=int,
-        default=None,
-        help="mask-predict rounds (default 10) or Gibbs sweeps (default 2)",
-    )
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy argmax (default 1.0)")
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num-samples", type=int, default=1, help="outputs per prompt")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    g.add_argument("--block-size", type=int, default=1, help="Gibbs: slots resampled together")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    g.add_argument("--json", default=None, help="write the outputs and settings here")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _input_options(g.add_argument)
+    _sampling_options(g.add_argument)
+    a = g.add_argument
+    a("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
+    a("--json", metavar="FILE", help="also write the outputs and settings here (default: none)")
+    a("--quiet", action="store_true", help="no progress bar and no note on what to expect")
     g.set_defaults(func=_run)
 
 
+def _input_options(a) -> None:
+    a(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="save_pretrained directory of a BertForMaskedLM (any *ForMaskedLM) with its "
+        "tokenizer, e.g. runs/tiny/model",
+    )
+    a("--tokenizer", metavar="DIR", help="tokenizer directory (default: the one in --model)")
+    a(
+        "--prompt",
+        action="append",
+        default=[],
+        help="text followed by the slots, or a template with [MASK]; repeatable (default: none)",
+    )
+    a("--prompts-file", metavar="FILE", help="one prompt per line (default: none)")
+    a(
+        "--num-masks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="[MASK] slots appended to every prompt; prompts without [MASK] need them "
+        "(default: %(default)s)",
+    )
+    a("--suffix", help="text after the appended slots, e.g. '.' (default: none)")
+
+
+def _sampling_options(a) -> None:
+    a(
+        "--strategy",
+        choices=STRATEGIES,
+        default="mask-predict",
+        help="left-to-right: one slot per pass; mask-predict: all at once, then re-mask the "
+        "least confident; gibbs: left-to-right, then resample each slot (default: %(default)s)",
+    )
+    a(
+        "--iterations",
+        type=int,
+        metavar="N",
+        help="mask-predict rounds or Gibbs sweeps (default: 10 and 2)",
+    )
+    for flag, kind, default, metavar, text in (
+        ("--temperature", float, 1.0, "X", "0 = greedy argmax"),
+        ("--top-k", int, 0, "K", "sample among the K likeliest tokens, 0 = all"),
+        ("--seed", int, 0, "N", "outputs are a function of the seed"),
+        ("--num-samples", int, 1, "N", "outputs per prompt"),
+        ("--batch-size", int, 8, "N", "sequences per forward pass"),
+        ("--block-size", int, 1, "N", "gibbs: slots resampled together"),
+    ):
+        a(flag, type=kind, default=default, metavar=metavar, help=f"{text} (default: %(default)s)")
+
+
 def _run(args: argparse.Namespace) -> int:
-    prompts = list(args.prompt)
-    try:
-        if args.prompts_file:
-            with open(args.prompts_file, encoding="utf-8") as f:
-                prompts += [line.rstrip("\n") for line in f if line.strip()]
-        if not prompts:
-            raise ValueError("prompt: none given; expected --prompt TEXT and/or --prompts-file")
-        _check_options(
-            args.strategy,
-            args.num_masks,
-            args.iterations,
-            args.temperature,
-            args.top_k,
-            args.num_samples,
-            args.batch_size,
-            args.block_size,
+    prompts = _read_prompts(args)
+    _check_options(
+        args.strategy,
+        args.num_masks,
+        args.iterations,
+        args.temperature,
+        args.top_k,
+        args.num_samples,
+        args.batch_size,
+        args.block_size,
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} but no CUDA device is available; use --device cpu")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise FileNotFoundError(
+            f"json: the directory of {args.json!r} does not exist; create it or write elsewhere"
         )
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r} but no CUDA device is available")
-        model, tokenizer = load_mlm(args.model, device=device, tokenizer=args.tokenizer)
-        outputs = generate(
-            model,
-            tokenizer,
-            prompts,
-            num_masks=args.num_masks,
-            suffix=args.suffix,
-            strategy=args.strategy,
-            iterations=args.iterations,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            num_samples=args.num_samples,
-            batch_size=args.batch_size,
-            block_size=args.block_size,
-            progress=not args.quiet,
-        )
-    except (ValueError, TypeError, OSError) as e:
-        print(f"mlmfast generate: {e}", file=sys.stderr)
-        return 2
+    model, tokenizer = load_mlm(args.model, device=device, tokenizer=args.tokenizer)
+    if not args.quiet:
+        print(_what_to_expect(args.model, model), file=sys.stderr)
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        num_masks=args.num_masks,
+        suffix=args.suffix,
+        strategy=args.strategy,
+        iterations=args.iterations,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        progress=not args.quiet,
+    )
     for o in outputs:
         print(f"[{o.prompt_index}.{o.sample_index}] PLL {o.pseudo_log_likelihood:9.3f}  {o.text}")
     if args.json:
-        settings = {
-            k: getattr(args, k)
-            for k in (
-                "model",
-                "num_masks",
-                "suffix",
-                "strategy",
-                "iterations",
-                "temperature",
-                "top_k",
-                "seed",
-                "num_samples",
-                "batch_size",
-                "block_size",
-            )
-        }
-        if settings["iterations"] is None:
-            settings["iterations"] = DEFAULT_ITERATIONS[args.strategy]
-        settings["device"] = device
-        record = {"settings": settings, "outputs": [asdict(o) for o in outputs]}
+        record = {"settings": _settings(args, device), "outputs": [asdict(o) for o in outputs]}
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
     return 0
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts += [line.rstrip("\n") for line in f if line.strip()]
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"prompts_file: {args.prompts_file!r} does not exist; expected a text file "
+                "with one prompt per line"
+            ) from None
+    if not prompts:
+        raise ValueError("prompt: none given; expected --prompt TEXT and/or --prompts-file")
+    return prompts
+
+
+def _settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    names = (
+        "model",
+        "num_masks",
+        "suffix",
+        "strategy",
+        "iterations",
+        "temperature",
+        "top_k",
+        "seed",
+        "num_samples",
+        "batch_size",
+        "block_size",
+    )
+    settings = {k: getattr(args, k) for k in names}
+    if settings["iterations"] is None:
+        settings["iterations"] = DEFAULT_ITERATIONS[args.strategy]
+    settings["device"] = device
+    return settings
+
+
+# Below this many tokens of pre-training a model knows word frequencies and a little local
+# grammar: the demo's 2-minute model has seen ~1M.
+_FEW_TOKENS = 100_000_000
+
+
+def _what_to_expect(path: str, model) -> str:
+    """One line for a person reading the outputs: what the model's size and training (when its
+    pretrain run's summary is beside it) let them expect, and what the PLL column means."""
+    n = sum(p.numel() for p in model.parameters())
+    seen = None
+    run_summary = os.path.join(os.path.dirname(os.path.abspath(path)), "summary.json")
+    with (
+        contextlib.suppress(OSError, ValueError, TypeError, KeyError),
+        open(run_summary, encoding="utf-8") as f,
+    ):
+        seen = int(json.load(f)["tokens_seen"])
+    if seen is not None and seen < _FEW_TOKENS:
+        expect = (
+            f"a {n / 1e6:.1f}M-parameter model pre-trained on {seen / 1e6:.1f}M tokens fills "
+            "slots with frequent words and short fragments, not sentences"
+        )
+    else:
+        expect = (
+            f"a {n / 1e6:.1f}M-parameter masked LM fills each slot from both sides: expect "
+            "plausible words more than fluent continuations"
+        )
+    return (
+        f"generate: {expect}; PLL (pseudo-log-likelihood) is the sum over an output's tokens of "
+        "log p(token | all the others): closer to 0 = more likely to the model"
+    )

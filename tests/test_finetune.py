@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from mlmfast.data import prepare
-from mlmfast.train import finetune as ft
 from mlmfast.train.finetune import FinetuneConfig, classification_metrics, epoch_batches, finetune
+from mlmfast.train.finetune import data as ft_data
+from mlmfast.train.finetune import model as ft_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = {"progress": False, "tensorboard": False}
@@ -516,7 +517,9 @@ def test_pos_tagging(env, tmp_path):
     model = BertForTokenClassification.from_pretrained(os.path.join(out, "model"))
     assert model.config.num_labels == len(POS_LABEL_NAMES)
     # the split is a function of the sample ids and the seed only
-    again = ft._pos_data(FinetuneConfig(data=shards, out="x", task="pos", max_length=64), env_tok())
+    again = ft_data.pos_data(
+        FinetuneConfig(data=shards, out="x", task="pos", max_length=64), env_tok()
+    )
     assert len(again.test) == sizes["test"]
 
 
@@ -536,7 +539,7 @@ def no_model(monkeypatch):
     def built(*a, **k):
         raise AssertionError("a model was built before the error")
 
-    monkeypatch.setattr(ft, "_build_task_model", built)
+    monkeypatch.setattr(ft_model, "build_task_model", built)
 
 
 @pytest.mark.parametrize(

@@ -361,15 +361,7 @@ def plot_drift(
     matplotlib Figure (made without pyplot, so no global backend is touched)."""
     from matplotlib.figure import Figure
 
-    runs = {"": reports} if "weight_drift" in reports else dict(reports)
-    if not runs:
-        raise ValueError("plot_drift: no reports to plot")
-    for run, rep in runs.items():
-        if not isinstance(rep, Mapping) or "weight_drift" not in rep:
-            raise ValueError(
-                f"plot_drift: run {run!r} is not a drift report (a dict with 'weight_drift'), "
-                f"got {type(rep).__name__}"
-            )
+    runs = _drift_runs(reports)
     names = sorted(
         {n for rep in runs.values() for n in (*rep["weight_drift"], *rep.get("cka", {}))},
         key=_block_order,
@@ -378,10 +370,10 @@ def plot_drift(
     fig = Figure(figsize=(max(6.0, 0.6 * len(names) + 2), 4.2), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(runs)
-    colours = [f"C{i % 10}" for i in range(len(runs))]
     handles = []
     cka_ax = None
-    for k, ((run, rep), colour) in enumerate(zip(runs.items(), colours, strict=True)):
+    for k, (run, rep) in enumerate(runs.items()):
+        colour = f"C{k % 10}"
         label = run or "weight drift"
         drift = rep["weight_drift"]
         xs = [x[n] - 0.4 + width * (k + 0.5) for n in drift]
@@ -392,16 +384,7 @@ def plot_drift(
             if cka_ax is None:
                 cka_ax = ax.twinx()
                 cka_ax.set_ylabel("1 − linear CKA (line)")
-            cka = rep["cka"]
-            (line,) = cka_ax.plot(
-                [x[n] for n in cka],
-                [1.0 - v for v in cka.values()],
-                color=colour,
-                marker="o",
-                linestyle="--",
-                label=f"{run + ' ' if run else ''}1 − CKA",
-            )
-            handles.append(line)
+            handles.append(_cka_line(cka_ax, x, run, rep["cka"], colour))
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_ylabel("relative weight change (bars)")
     ax.set_title(title or "What fine-tuning changed, per layer")
@@ -414,3 +397,29 @@ def plot_drift(
     )
     fig.savefig(path, dpi=120, format="png")
     return fig
+
+
+def _drift_runs(reports: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``{run name: report}`` of :func:`plot_drift`'s argument ("" for a single report)."""
+    runs = {"": reports} if "weight_drift" in reports else dict(reports)
+    if not runs:
+        raise ValueError("plot_drift: no reports to plot")
+    for run, rep in runs.items():
+        if not isinstance(rep, Mapping) or "weight_drift" not in rep:
+            raise ValueError(
+                f"plot_drift: run {run!r} is not a drift report (a dict with 'weight_drift'), "
+                f"got {type(rep).__name__}"
+            )
+    return runs
+
+
+def _cka_line(ax, x: dict[str, int], run: str, cka: Mapping[str, float], colour: str):
+    (line,) = ax.plot(
+        [x[n] for n in cka],
+        [1.0 - v for v in cka.values()],
+        color=colour,
+        marker="o",
+        linestyle="--",
+        label=f"{run + ' ' if run else ''}1 − CKA",
+    )
+    return line

@@ -1,12 +1,21 @@
 """What the trainers' configurations share: a JSON config file with command-line overrides,
-the check that a resumed run keeps the settings it was trained with, and argparse booleans."""
+type checks of every field (a JSON file can hold anything), the check that a resumed run keeps
+the settings it was trained with, and command-line options whose help shows the field's
+default."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import numbers
+import os
+import types
+import typing
+from collections.abc import Callable
 from typing import Any
+
+REQUIRED = "required unless in --config"
 
 
 class RunConfig:
@@ -14,6 +23,27 @@ class RunConfig:
     may differ between a run and its resumption (they do not change the maths)."""
 
     RESUMABLE_CHANGES: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # pathlib paths are fine; the JSON config and the checks below want str
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, os.PathLike):
+                setattr(self, f.name, os.fspath(value))
+
+    def check_types(self) -> None:
+        """Every field holds a value of its declared type (ints are floats too, bools are not
+        ints): a JSON config or a caller can pass anything, and a wrong type would otherwise
+        surface as a TypeError deep inside the run."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = _allowed_types(hints[f.name])
+            if not any(_is_instance(value, t) for t in allowed):
+                expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
+                raise ValueError(
+                    f"{f.name} must be {expected}, got {type(value).__name__} {value!r}"
+                )
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any):
@@ -32,7 +62,22 @@ class RunConfig:
         if unknown:
             raise ValueError(f"config {path!r}: unknown keys {unknown}; known: {sorted(known)}")
         values.update(overrides)
+        missing = [n for n in cls.required_fields() if n not in values]
+        if missing:
+            raise ValueError(
+                f"{', '.join('--' + m.replace('_', '-') for m in missing)} required: give "
+                f"{'it' if len(missing) == 1 else 'them'} on the command line or as "
+                f"{', '.join(repr(m) for m in missing)} in {path}"
+            )
         return cls(**values)
+
+    @classmethod
+    def required_fields(cls) -> list[str]:
+        return [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, command: str, **converted: Any):
@@ -46,9 +91,12 @@ class RunConfig:
             given["max_grad_norm"] = None
         if args.config:
             return cls.from_file(args.config, **given)
-        missing = [n for n in ("data", "out") if n not in given]
+        missing = [n for n in cls.required_fields() if n not in given]
         if missing:
-            raise SystemExit(f"mlmfast {command}: {', '.join('--' + m for m in missing)} required")
+            raise ValueError(
+                f"{', '.join('--' + m.replace('_', '-') for m in missing)} required (on the "
+                f"command line or in a --config FILE); see mlmfast {command} --help"
+            )
         return cls(**given)
 
     def resume_state(self, main: bool = True) -> dict[str, Any] | None:
@@ -87,6 +135,32 @@ class RunConfig:
                 )
 
 
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a JSON object",
+    list: "a list",
+    type(None): "unset (null)",
+}
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for arg in typing.get_args(hint) for t in _allowed_types(arg))
+    return (typing.get_origin(hint) or hint,)
+
+
+def _is_instance(value: Any, t: type) -> bool:
+    # numbers' ABCs: numpy scalars from a caller's arithmetic are numbers too
+    if t is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
 def parse_bool(v: str) -> bool:
     """argparse type for true/false options."""
     if v.lower() in ("1", "true", "yes", "on"):
@@ -96,32 +170,78 @@ def parse_bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
-# Options whose meaning is the same in every trainer, declared once (argparse `add_argument`).
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def option_adder(group, config: type) -> Callable[..., None]:
+    """``add_argument`` for the options of a trainer whose values land in the dataclass
+    ``config``. Options default to None on the command line, so that ``--config FILE`` can
+    supply them; the help text shows the dataclass default instead, or that the option is
+    required unless in --config. A help text that states its default itself is left as it is.
+    ``bool=True`` makes a true/false option (``--flag`` alone means true)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+
+    def add(*flags: str, help: str, bool: bool = False, **kw: Any) -> None:  # noqa: A002
+        dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        field = fields.get(dest)
+        if bool:
+            kw.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif kw.get("type") in (int, float) and "choices" not in kw:
+            kw.setdefault("metavar", "N" if kw["type"] is int else "X")
+        if field is not None and "default" not in help:
+            if field.default is dataclasses.MISSING:
+                help = f"{help} ({REQUIRED})"
+            else:
+                help = f"{help} (default: {_shown(field.default)})"
+        group.add_argument(*flags, help=help.replace("%", "%%"), **kw)
+
+    return add
+
+
+# Options whose meaning is the same in every trainer, declared once.
 def add_optimiser_arguments(a) -> None:
-    a("--weight-decay", type=float)
-    a("--schedule", choices=("linear", "cosine", "constant"))
-    a("--warmup-steps", type=int)
-    a("--warmup-ratio", type=float)
-    a("--max-grad-norm", type=float, help="gradient clipping (0 = off)")
-    a("--hidden-dropout", type=float)
-    a("--attention-dropout", type=float)
+    a("--weight-decay", type=float, help="AdamW weight decay (not on biases and LayerNorm)")
+    a("--adam-beta1", type=float, help="AdamW beta1")
+    a("--adam-beta2", type=float, help="AdamW beta2")
+    a("--adam-eps", type=float, help="AdamW epsilon")
+    a(
+        "--schedule",
+        choices=("linear", "cosine", "constant"),
+        help="learning rate after the warmup: linear or cosine decay to 0, or constant",
+    )
+    a("--warmup-steps", type=int, help="warmup steps (default: --warmup-ratio of the steps)")
+    a("--warmup-ratio", type=float, help="warmup as a share of the steps")
+    a("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off")
+    a("--hidden-dropout", type=float, help="dropout of the hidden states (default: the model's)")
+    a("--attention-dropout", type=float, help="dropout of the attention (default: the model's)")
 
 
 def add_run_arguments(a) -> None:
-    a("--save-every", type=int, help="checkpoint every N steps (and always at the end)")
-    a("--keep-last", type=int, help="checkpoints to keep (default 2)")
-    a(
-        "--resume",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        help="continue from the newest checkpoint",
-    )
+    a("--save-every", type=int, help="checkpoint every N steps (default: only at the end)")
+    a("--keep-last", type=int, help="checkpoints to keep")
+    a("--resume", bool=True, help="continue from the newest checkpoint of --out")
     a(
         "--resume-from",
+        metavar="STEP|DIR",
         help="continue from this checkpoint instead: a step of this run (e.g. 300) or a "
-        "checkpoint directory; later checkpoints of the run are set aside, not deleted",
+        "checkpoint directory; later checkpoints of the run are set aside, not deleted "
+        "(default: none)",
     )
-    a("--stop-at-step", type=int, help="save and stop at this step (the schedule is unchanged)")
-    a("--tensorboard", type=parse_bool)
-    a("--progress", type=parse_bool)
+    a(
+        "--stop-at-step",
+        type=int,
+        help="save and stop at this step; the schedule is unchanged (default: none)",
+    )
+    a(
+        "--tensorboard",
+        bool=True,
+        help="also write TensorBoard scalars to OUT/tb (default: when the package is installed)",
+    )
+    a("--progress", bool=True, help="show a progress bar")

@@ -6,6 +6,7 @@ module only decides their shape and where their weights come from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -150,3 +151,21 @@ def tokenizer_of(path: str):
     if not any(os.path.isfile(os.path.join(directory, f)) for f in files):
         return None
     return load_tokenizer(directory)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers prints a load report and progress bars per from_pretrained; the callers
+    report what was initialised themselves."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

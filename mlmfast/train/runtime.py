@@ -56,7 +56,9 @@ def setup(device: str | None = None) -> Dist:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} but torch sees no CUDA device")
+            raise ValueError(
+                f"device={device!r} but torch sees no CUDA device; use --device cpu (or auto)"
+            )
         dev = torch.device(device if ":" in device else f"cuda:{local}")
         torch.cuda.set_device(dev)
     else:
@@ -73,9 +75,9 @@ def setup(device: str | None = None) -> Dist:
 
 class MetricsLogger:
     """Metrics as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``), rank 0 only.
-    TensorBoard is optional: without the package only the JSONL file is written."""
+    ``tensorboard``: True needs the package, None writes the scalars when it is installed."""
 
-    def __init__(self, run_dir: str, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: str, *, enabled: bool = True, tensorboard: bool | None = None):
         self.enabled = enabled
         self._file = None
         self._tb = None
@@ -84,10 +86,12 @@ class MetricsLogger:
         os.makedirs(run_dir, exist_ok=True)
         # open for the run's lifetime, closed by close()
         self._file = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
-        if tensorboard:
+        if tensorboard or tensorboard is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # pragma: no cover - depends on the install
+                if tensorboard:
+                    raise
                 self._tb = None
             else:
                 self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
@@ -134,3 +138,15 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+def require(package: str, needed_by: str, *, fix: str = "") -> None:
+    """An ImportError naming what needs ``package`` and how to install it, before any work
+    that would be lost when the import fails later."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ImportError(
+            f"{needed_by} needs the {package} package: pip install {package}"
+            + (f", {fix}" if fix else "")
+        )

@@ -489,6 +489,55 @@ def load_classification(
     available ones), an empty or missing text (with its row), a label that is not a string or
     an integer, a validation/test label unseen in train, fewer than 2 classes, an empty split.
     """
+    carve = _carving(val_fraction, test_fraction, validation, test)
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
+        raise ValueError(f"split_seed must be an integer, got {split_seed!r}")
+    columns = (text_column, label_column, text_pair_column)
+    embedded = _embedded_name(source, columns)
+    main = _rows(_embedded(embedded) if embedded else _read_input(source, "data", columns), columns)
+    extra = {
+        name: None if path is None else _rows(_read_input(path, name, columns), columns)
+        for name, path in (("validation", validation), ("test", test))
+    }
+    seed = int(split_seed)
+    splits = _split(main, extra, seed, carve, limit)
+    label_names = _label_names(splits, label_column, main.where)
+    ids = {y: i for i, y in enumerate(label_names)}
+
+    def to_split(name: str) -> Split:
+        rows = splits[name]
+        return Split(
+            name, rows.texts, [ids[y] for y in rows.labels], rows.rows.tolist(), rows.pairs
+        )
+
+    description = {
+        "source": embedded or _describe_input(source),
+        "validation": _describe_input(validation),
+        "test": _describe_input(test),
+        "text_column": text_column,
+        "label_column": label_column,
+        "text_pair_column": text_pair_column,
+        "split_seed": seed,
+        "val_fraction": carve.get("validation"),
+        "test_fraction": carve.get("test"),
+        "limit": None if limit is None else int(limit),
+    }
+    return ClassificationData(
+        train=to_split("train"),
+        validation=to_split("validation"),
+        test=to_split("test"),
+        label_names=label_names,
+        source=description,
+    )
+
+
+def _carving(
+    val_fraction: float, test_fraction: float, validation: str | None, test: str | None
+) -> dict[str, float]:
+    """The shares of the input carved out per split, in carving order (test first), for the
+    splits not given as files."""
     val_fraction = _fraction("val_fraction", val_fraction)
     test_fraction = _fraction("test_fraction", test_fraction)
     carve = {}
@@ -500,47 +549,52 @@ def load_classification(
         raise ValueError(
             f"val_fraction + test_fraction must be < 1 to leave training rows, got {carve}"
         )
-    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
-        raise ValueError(f"split_seed must be an integer, got {split_seed!r}")
+    return carve
 
-    embedded = None
-    if not os.path.isfile(source):
-        name = source.lower().replace("_", "-")
-        if name not in EMBEDDED_SOURCES:
-            raise FileNotFoundError(
-                f"source must be an existing file or one of {EMBEDDED_SOURCES}, got {source!r}"
-            )
-        if (text_column, label_column, text_pair_column) != ("text", "label", None):
-            raise ValueError(
-                f"source {source!r} is embedded, with columns 'text' and 'label' and no pairs; "
-                "text_column, label_column and text_pair_column apply to files"
-            )
-        embedded = name
 
-    def read(table: _Table) -> _Rows:
-        rows = _check(table, text_column, label_column, text_pair_column)
-        if not rows.texts:
-            raise ValueError(f"{rows.where} has no rows")
-        return rows
+def _embedded_name(source: str, columns: tuple[str, str, str | None]) -> str | None:
+    """The embedded corpus ``source`` names, or None for a file."""
+    if os.path.isfile(source):
+        return None
+    name = source.lower().replace("_", "-")
+    if name not in EMBEDDED_SOURCES:
+        raise FileNotFoundError(
+            f"source must be an existing file or one of {EMBEDDED_SOURCES}, got {source!r}"
+        )
+    if columns != ("text", "label", None):
+        raise ValueError(
+            f"source {source!r} is embedded, with columns 'text' and 'label' and no pairs; "
+            "text_column, label_column and text_pair_column apply to files"
+        )
+    return name
 
-    main = read(_embedded(embedded) if embedded else _read_file(source, label_column))
-    extra = {
-        name: None if path is None else read(_read_file(path, label_column))
-        for name, path in (("validation", validation), ("test", test))
-    }
-    seed = int(split_seed)
 
+def _read_input(path: str, argument: str, columns: tuple[str, str, str | None]) -> _Table:
+    try:
+        return _read_file(path, columns[1])
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{argument}: {e}; expected a CSV/TSV/JSONL/Parquet file") from None
+
+
+def _rows(table: _Table, columns: tuple[str, str, str | None]) -> _Rows:
+    rows = _check(table, *columns)
+    if not rows.texts:
+        raise ValueError(f"{rows.where} has no rows")
+    return rows
+
+
+def _split(
+    main: _Rows, extra: dict[str, _Rows | None], seed: int, carve: dict[str, float], limit
+) -> dict[str, _Rows]:
+    """Train, validation and test: carved out of ``main`` by the split keys (after ``limit``),
+    or the ``extra`` files."""
     keys = _keys(main, seed)
     if limit is not None:
         main, keys = _limit(main, keys, int(limit))
         for name, rows in extra.items():
             if rows is not None:
                 extra[name], _ = _limit(rows, _keys(rows, seed), int(limit))
-
-    parts = _carve(main, keys, carve)
-    splits = {name: main.take(idx) for name, idx in parts.items()}
+    splits = {name: main.take(idx) for name, idx in _carve(main, keys, carve).items()}
     for name, frac in carve.items():
         if frac > 0 and not len(splits[name].texts):
             arg = "val_fraction" if name == "validation" else "test_fraction"
@@ -552,53 +606,28 @@ def load_classification(
     for name, rows in extra.items():
         if rows is not None:
             splits[name] = rows
+    return splits
 
+
+def _label_names(splits: dict[str, _Rows], label_column: str, where: str) -> list[Label]:
+    """The labels of the training split, sorted (index = label id); every validation and test
+    label must be one of them."""
     label_names = sorted(set(splits["train"].labels))
     if len(label_names) < 2:
         raise ValueError(
             f"label column {label_column!r} has {len(label_names)} distinct value(s) "
-            f"{label_names} in the training split of {main.where}; classification needs at "
+            f"{label_names} in the training split of {where}; classification needs at "
             "least 2 classes"
         )
-    ids = {y: i for i, y in enumerate(label_names)}
     for name in ("validation", "test"):
-        unseen = sorted(set(splits[name].labels) - set(ids), key=str)
+        unseen = sorted(set(splits[name].labels) - set(label_names), key=str)
         if unseen:
             raise ValueError(
                 f"label(s) {unseen} of the {name} split ({splits[name].where}) are not in the "
                 f"training split, so they would be unseen at test time; training labels: "
                 f"{label_names}"
             )
-
-    def to_split(name: str) -> Split:
-        rows = splits[name]
-        return Split(
-            name,
-            rows.texts,
-            [ids[y] for y in rows.labels],
-            rows.rows.tolist(),
-            rows.pairs,
-        )
-
-    description = {
-        "source": embedded or _describe_input(source),
-        "validation": _describe_input(validation),
-        "test": _describe_input(test),
-        "text_column": text_column,
-        "label_column": label_column,
-        "text_pair_column": text_pair_column,
-        "split_seed": seed,
-        "val_fraction": val_fraction if validation is None else None,
-        "test_fraction": test_fraction if test is None else None,
-        "limit": None if limit is None else int(limit),
-    }
-    return ClassificationData(
-        train=to_split("train"),
-        validation=to_split("validation"),
-        test=to_split("test"),
-        label_names=label_names,
-        source=description,
-    )
+    return label_names
 
 
 # ----------------------------------------------------------------------------- encoding
