@@ -7,6 +7,7 @@ commands:
   generate   fill [MASK] slots with a masked-language model
   mask       mask a corpus with the fused op and print examples and the measured rates
   info       build configuration: version, torch, which backends have kernels
+  plot       draw a run's loss curve (training and held-out loss per step) to a PNG
 
 `mlmfast COMMAND --help` shows a command's options. A mistake (a missing path, a bad option
 value, a missing package) is one line on stderr and exit status 2; --debug shows its traceback.

@@ -88,5 +88,5 @@ def test_help_lists_every_command(capsys):
         build_parser().parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("prepare", "pretrain", "finetune", "generate", "mask", "info"):
+    for command in ("prepare", "pretrain", "finetune", "generate", "mask", "info", "plot"):
         assert f"  {command} " in out, command
