@@ -155,9 +155,11 @@ def _count_masks(stats: dict, tok, specials, ids, att, out) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from mlmfast.data import storage
     from mlmfast.data.prepare import prepare
 
-    manifest = prepare(
+    run = storage.prepare_to_remote if storage.is_remote(args.output) else prepare
+    manifest = run(
         args.inputs,
         args.output,
         tokenizer=args.tokenizer,
