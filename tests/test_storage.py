@@ -365,6 +365,32 @@ def test_a_killed_download_leaves_nothing_a_reader_takes(local_set, remote_set, 
     assert not [n for n in cached(str(tmp_path)) if n.endswith(".part")]
 
 
+_FORKER = """
+import sys, tempfile, threading
+from mlmfast.data import make_loader, storage
+url = sys.argv[1]
+loc = storage._Location.parse(url)
+fs = loc.filesystem()
+def download_forever():
+    while True:
+        storage._read_object(fs, loc.object("shard-00000.arrow"))
+threading.Thread(target=download_forever, daemon=True).start()
+for _ in range(4):  # every epoch forks fresh workers while the thread downloads
+    with tempfile.TemporaryDirectory() as cache:
+        n = len(list(make_loader(url, 8, num_workers=2, cache_dir=cache)))
+print(n)
+"""
+
+
+def test_workers_fork_safely_while_a_thread_downloads(remote_set):
+    # a worker forked in the middle of a client call hung on its first request
+    env = {**os.environ, "PYTHONPATH": REPO}
+    r = subprocess.run(
+        [sys.executable, "-c", _FORKER, remote_set], env=env, capture_output=True, timeout=300
+    )
+    assert r.returncode == 0 and int(r.stdout) > 0, r.stderr.decode()[-2000:]
+
+
 # -- the shared cache --
 
 _READER = """

@@ -193,6 +193,10 @@ class _Location:
         import pyarrow.fs as pafs
 
         _register_exit()
+        with _client_call():
+            return self._filesystem(pafs)
+
+    def _filesystem(self, pafs):
         if self.scheme == "gs":
             return pafs.GcsFileSystem()
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -218,7 +222,7 @@ def _endpoint_hint(loc: _Location) -> str:
 
 
 def _read_object(fs, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
+    with _client_call(), fs.open_input_stream(path) as f:
         return f.read()
 
 
@@ -226,7 +230,8 @@ def _listing(fs, loc: _Location) -> dict[str, int]:
     """Object name -> size of the files directly under the set's prefix."""
     from pyarrow.fs import FileSelector, FileType
 
-    infos = fs.get_file_info(FileSelector(loc.path, allow_not_found=True))
+    with _client_call():
+        infos = fs.get_file_info(FileSelector(loc.path, allow_not_found=True))
     return {i.base_name: i.size for i in infos if i.type == FileType.File}
 
 
@@ -236,7 +241,9 @@ def _remote_manifest(fs, loc: _Location) -> dict | None:
 
     murl = loc.object_url(MANIFEST)
     try:
-        if fs.get_file_info(loc.object(MANIFEST)).type != FileType.File:
+        with _client_call():
+            found = fs.get_file_info(loc.object(MANIFEST)).type == FileType.File
+        if not found:
             return None
         data = _read_object(fs, loc.object(MANIFEST))
     except OSError as e:
@@ -430,6 +437,61 @@ class _Transient(OSError):
 class _Missing(Exception):
     """The object is not in the bucket: no attempt will find it."""
 
+
+class _ForkGate:
+    """Calls into the storage clients against ``fork``: a fork (a DataLoader starting its
+    workers) waits until no thread of this process is inside a call, and calls wait while it
+    forks. A child forked in the middle of a call inherits the AWS SDK's state mid-request and
+    its own first request hangs."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.active = 0
+        self.forking = False
+
+    @contextlib.contextmanager
+    def call(self):
+        with self.cond:
+            while self.forking:
+                self.cond.wait()
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.active -= 1
+                self.cond.notify_all()
+
+    def before_fork(self) -> None:
+        self.cond.acquire()
+        self.forking = True
+        while self.active:
+            self.cond.wait()
+
+    def after_fork_in_parent(self) -> None:
+        self.forking = False
+        self.cond.notify_all()
+        self.cond.release()
+
+
+_GATE = _ForkGate()
+
+
+def _client_call():
+    """Around every call into a storage client (never nested: a fork waits for the outer)."""
+    return _GATE.call()
+
+
+def _new_gate() -> None:
+    global _GATE
+    _GATE = _ForkGate()  # the child's copy of the parent's is held by the forking thread
+
+
+os.register_at_fork(
+    before=lambda: _GATE.before_fork(),
+    after_in_parent=lambda: _GATE.after_fork_in_parent(),
+    after_in_child=_new_gate,
+)
 
 _FETCHERS: weakref.WeakSet = weakref.WeakSet()
 _EXIT_REGISTERED = False
@@ -700,12 +762,18 @@ class _Fetcher:
         """The object ``src`` into ``fd``, hashed as it streams; its sha256."""
         h = hashlib.sha256()
         n = 0
+        fs = self.fs
         try:
-            stream = self.fs.open_input_stream(src)
+            with _client_call():
+                stream = fs.open_input_stream(src)
         except FileNotFoundError as e:
             raise _Missing(str(e)) from None
-        with stream as f:
-            while chunk := f.read(CHUNK):
+        try:
+            while True:
+                with _client_call():
+                    chunk = stream.read(CHUNK)
+                if not chunk:
+                    break
                 h.update(chunk)
                 view = memoryview(chunk)
                 while view:
@@ -714,6 +782,9 @@ class _Fetcher:
                 kill_point(f"mid-download {os.path.basename(src)}")
                 if n > size or self.stopping:
                     break
+        finally:
+            with _client_call():
+                stream.close()
         if n != size:
             raise _Transient(f"received {n} bytes, the manifest records {size}")
         os.fsync(fd)
