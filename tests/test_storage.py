@@ -499,7 +499,9 @@ def test_prefetch_downloads_ahead_in_reading_order(local_set, remote_set, tmp_pa
     rest = list(it)
     stats = stream.shards.stats()
     assert stats["downloads"] == len(stream.shards.paths)
-    assert stats["hits"] >= len(order) - 1 and stats["wait_seconds"] >= 0
+    # the two prefetched while the test waited; a reader faster than the downloads may fetch
+    # later shards itself
+    assert stats["hits"] >= 2 and stats["wait_seconds"] >= 0
     assert len(rest) == len(stream) - 1
 
 

@@ -2,8 +2,8 @@
 
 Reading. ``open_shards``, ``ShardStream``, ``make_loader`` and ``mlmfast pretrain --data`` take
 such a URL. The manifest is read from the bucket and checked as a local one is, every listed
-object must exist with the size the manifest records, and shards are downloaded into a local
-cache as the loader needs them, then memory-mapped and checked like local shards:
+object not yet cached must exist with the size the manifest records, and shards are downloaded
+into a local cache as the loader needs them, then memory-mapped and checked like local shards:
 
 ::
 
@@ -237,15 +237,11 @@ def _listing(fs, loc: _Location) -> dict[str, int]:
 
 def _remote_manifest(fs, loc: _Location) -> dict | None:
     """The set's parsed manifest, None where the prefix has none."""
-    from pyarrow.fs import FileType
-
     murl = loc.object_url(MANIFEST)
     try:
-        with _client_call():
-            found = fs.get_file_info(loc.object(MANIFEST)).type == FileType.File
-        if not found:
-            return None
         data = _read_object(fs, loc.object(MANIFEST))
+    except FileNotFoundError:
+        return None
     except OSError as e:
         raise ShardError(f"{murl}: cannot be read ({e}); {_endpoint_hint(loc)}") from None
     try:
@@ -304,12 +300,20 @@ def open_remote(
             f"manifest is uploaded last); make one with `mlmfast prepare INPUTS -o {loc.url}`"
         )
     check_manifest(murl, manifest, tokenizer)
-    try:
-        sizes = _listing(fs, loc)
-    except OSError as e:
-        raise ShardError(f"{loc.url}: cannot be listed ({e}); {_endpoint_hint(loc)}") from None
+    root = shard_cache_root(cache_dir)
+    directory = os.path.join(root, loc.key)
+    os.makedirs(os.path.join(directory, _LOCKS), exist_ok=True)
+    paths = [os.path.join(directory, _cached_name(e)) for e in manifest["shards"]]
+    # the objects still to download must be there with their sizes; a cached copy, named by its
+    # sha256, needs no object (an epoch on a warm cache costs one request)
+    wanted = [e for e, p in zip(manifest["shards"], paths, strict=True) if not os.path.exists(p)]
+    if wanted:
+        try:
+            sizes = _listing(fs, loc)
+        except OSError as e:
+            raise ShardError(f"{loc.url}: cannot be listed ({e}); {_endpoint_hint(loc)}") from None
     fix = f"re-upload the set with `mlmfast prepare INPUTS -o {loc.url} --overwrite`"
-    for e in manifest["shards"]:
+    for e in wanted:
         got = sizes.get(e["file"])
         if got is None:
             raise ShardError(
@@ -320,13 +324,9 @@ def open_remote(
                 f"{loc.object_url(e['file'])}: {got} bytes, the manifest records {e['bytes']} "
                 f"(truncated or replaced); {fix}"
             )
-    root = shard_cache_root(cache_dir)
-    directory = os.path.join(root, loc.key)
-    os.makedirs(os.path.join(directory, _LOCKS), exist_ok=True)
     source = os.path.join(directory, "source.json")
     if not os.path.exists(source):
         atomic_write_json(source, {"url": loc.url})
-    paths = [os.path.join(directory, _cached_name(e)) for e in manifest["shards"]]
     return RemoteShardSet(
         directory,
         manifest,
