@@ -156,6 +156,7 @@ def _count_masks(stats: dict, tok, specials, ids, att, out) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from mlmfast.data import storage
     from mlmfast.data.prepare import prepare
 
     if args.merge is not None:
@@ -168,7 +169,13 @@ def _prepare(args: argparse.Namespace) -> int:
         return _print_manifest(merge(args.merge, progress=not args.quiet), args.merge)
     if not args.inputs or not args.output:
         raise ValueError("give the inputs and -o/--output (or --merge OUT to merge parts)")
-    manifest = prepare(
+    if storage.is_remote(args.output) and (args.part or args.engine != "local"):
+        raise ValueError(
+            "--part and --engine write their parts to a file system every task sees; prepare "
+            "onto shared storage, or without them to an s3:// or gs:// output"
+        )
+    run = storage.prepare_to_remote if storage.is_remote(args.output) else prepare
+    manifest = run(
         args.inputs,
         args.output,
         tokenizer=args.tokenizer,

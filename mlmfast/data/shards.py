@@ -45,7 +45,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -350,6 +350,14 @@ class ShardSet:
     paths: list[str]
     verify: str = "once"
 
+    # a set on object storage (mlmfast.data.storage.RemoteShardSet) is read through a local
+    # cache: its readers announce their shard order (plan) and keep few shards mapped (max_open)
+    remote: ClassVar[bool] = False
+    max_open: ClassVar[int | None] = None
+
+    def plan(self, order: Sequence[int]) -> None:
+        """The order in which this process will open shards (a remote set downloads ahead)."""
+
     @property
     def rows_per_shard(self) -> list[int]:
         return [s["rows"] for s in self.manifest["shards"]]
@@ -628,7 +636,15 @@ def _check_shard_file(directory: str, entry: dict, manifest: dict, mode: str) ->
     return path
 
 
-def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any = None) -> ShardSet:
+def open_shards(
+    directory: str,
+    *,
+    verify: bool | str = "once",
+    tokenizer: Any = None,
+    cache_dir: str | None = None,
+    cache_limit: int | str | None = None,
+    prefetch_shards: int | None = None,
+) -> ShardSet:
     """Validate a shard directory and return its :class:`ShardSet`.
 
     Checks that ``manifest.json`` exists, has a known ``format_version`` and well-formed fields,
@@ -638,7 +654,22 @@ def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any =
     shard is read, ``"once"`` per machine (default), ``"always"`` or ``"never"`` (True and False
     mean ``"always"`` and ``"never"``); with ``"always"`` every shard is also hashed here. Each
     failure raises :class:`ShardError` naming the file and the fix.
+
+    ``directory`` may be ``s3://bucket/prefix`` or ``gs://bucket/prefix``: the set is then read
+    through a local cache (``cache_dir``, ``cache_limit``, ``prefetch_shards``; see
+    :mod:`mlmfast.data.storage`); these three are ignored for a local directory.
     """
+    from mlmfast.data import storage
+
+    if storage.is_remote(directory):
+        return storage.open_remote(
+            directory,
+            verify=verify,
+            tokenizer=tokenizer,
+            cache_dir=cache_dir,
+            cache_limit=cache_limit,
+            prefetch_shards=prefetch_shards,
+        )
     mode = verify_mode(verify)
     directory = os.path.abspath(directory)
     mpath = os.path.join(directory, MANIFEST)
@@ -661,6 +692,14 @@ def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any =
             manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise ShardError(f"{mpath}: unreadable manifest ({e}); {_FIX}") from None
+    check_manifest(mpath, manifest, tokenizer)
+    paths = [_check_shard_file(directory, e, manifest, mode) for e in manifest["shards"]]
+    return ShardSet(directory, manifest, paths, mode)
+
+
+def check_manifest(mpath: str, manifest: Any, tokenizer: Any = None) -> None:
+    """The checks of a parsed manifest (fields, and with ``tokenizer`` its vocabulary), each a
+    :class:`ShardError` naming ``mpath`` (a path or a URL)."""
     _check_manifest(mpath, manifest)
     if tokenizer is not None:
         want = vocab_hash(tokenizer)
@@ -685,5 +724,3 @@ def open_shards(directory: str, *, verify: bool | str = "once", tokenizer: Any =
                 f"{mpath}: pos_ids shards need pos_class_frequencies with {pos.NUM_CLASSES} "
                 f"entries (UPOS + special), found {freqs!r}; {_FIX}"
             )
-    paths = [_check_shard_file(directory, e, manifest, mode) for e in manifest["shards"]]
-    return ShardSet(directory, manifest, paths, mode)

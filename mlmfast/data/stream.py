@@ -79,7 +79,7 @@ class ShardStream(IterableDataset):
     result is the same as collating the int64 batch. Any other collator gets the int64 batch.
 
     Args:
-        path: shard directory.
+        path: shard directory, or ``s3://bucket/prefix`` / ``gs://bucket/prefix``.
         batch_size: rows per global batch (per rank, per step).
         shuffle, seed, epoch: the order of an epoch is a pure function of ``(seed, epoch)``.
         drop_last: drop the last, short global batch.
@@ -91,6 +91,10 @@ class ShardStream(IterableDataset):
             structure is checked every time, whatever ``verify`` says.
         bucket_window: group rows of similar length into batches, sorting windows of this many
             global batches (see the module docstring); None (default) does not.
+        cache_dir, cache_limit, prefetch_shards: for a set on object storage (``path`` is
+            ``s3://bucket/prefix`` or ``gs://bucket/prefix``): where shards are cached, the
+            cache's size bound and how many shards each process downloads ahead of its reads
+            (see :mod:`mlmfast.data.storage`); ignored for a local directory.
     """
 
     def __init__(
@@ -109,6 +113,9 @@ class ShardStream(IterableDataset):
         verify: bool | str = "once",
         tokenizer: Any = None,
         bucket_window: int | None = None,
+        cache_dir: str | None = None,
+        cache_limit: int | str | None = None,
+        prefetch_shards: int | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -127,7 +134,14 @@ class ShardStream(IterableDataset):
         self.world_size = d_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        self.shards: ShardSet = open_shards(path, verify=verify, tokenizer=tokenizer)
+        self.shards: ShardSet = open_shards(
+            path,
+            verify=verify,
+            tokenizer=tokenizer,
+            cache_dir=cache_dir,
+            cache_limit=cache_limit,
+            prefetch_shards=prefetch_shards,
+        )
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -228,13 +242,26 @@ class ShardStream(IterableDataset):
         # mlmfast's collator takes the shards' int32 ids and writes int64 masked ids and labels
         # in the same pass: the unmasked batch never exists in int64
         narrow = isinstance(self.collator, DataCollatorForLanguageModeling)
-        for i in self.batch_indices(start):
+        indices = self.batch_indices(start)
+        if self.shards.remote:  # downloads run ahead in the order this process reads shards
+            self.shards.plan(self._shards_in_order(order, indices))
+        for i in indices:
             batch = self._batcher.make_batch(order[i * b : (i + 1) * b], narrow)
             if self.collator is not None:
                 # drop the unmasked batch now, not at the next step: its memory is then reused
                 # (cache-warm) by the next batch
                 batch = self.collator(batch)
             yield batch
+
+    def _shards_in_order(self, order: np.ndarray, indices: list[int]) -> list[int]:
+        """The shards that the batches ``indices`` read, in reading order, each run once."""
+        if not indices:
+            return []
+        b = self.batch_size
+        at = (np.asarray(indices, dtype=np.int64)[:, None] * b + np.arange(b)).ravel()
+        shard_of = np.searchsorted(self._starts, order[at[at < len(order)]], side="right") - 1
+        runs = np.concatenate([[True], shard_of[1:] != shard_of[:-1]])
+        return shard_of[runs].tolist()
 
     def _begin(self) -> int:
         start, self._next_start = self._next_start, 0
