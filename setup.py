@@ -76,7 +76,7 @@ def _check_isa_symbols(obj: str, isa: str) -> None:
             stray.append(parts[2])
     if stray:
         sys.exit(
-            f"mlmfast: {obj} (compiled for {isa}) defines functions outside {own}, which the "
+            f"mlmfast: error: {obj} (compiled for {isa}) defines functions outside {own}, which the "
             "linker could pick for code of another instruction set:\n  " + "\n  ".join(stray)
         )
 

@@ -24,9 +24,12 @@ struct Isa {
       ow[i] = r.w;
     }
   }
+  // Out of line: inlined into plain_row, its loops compile to more instructions for the baseline
+  // instruction set (callgrind, [256, 512] rows).
   template <typename T>
-  static ChunkScan scan(int m, const T* ids, const MaskInputs& in, int64_t off, const MaskParams& P,
-                        uint8_t* allow) {
+  __attribute__((noinline)) static ChunkScan scan(int m, const T* ids, const MaskInputs& in,
+                                                  int64_t off, const MaskParams& P,
+                                                  uint8_t* allow) {
     return scan_chunk_body(m, ids, in, off, P, allow);
   }
   template <typename T>

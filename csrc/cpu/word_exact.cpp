@@ -15,7 +15,7 @@
 namespace mlmfast::cpu {
 namespace {
 
-using namespace portable;
+using namespace portable;  // the helpers of kernel_rows.h, compiled here without ISA flags
 
 // The chosen kernel's primitives, as kernel_rows.h calls them.
 struct Table {
@@ -130,8 +130,9 @@ void bernoulli_row(const Table& isa, const MaskInputs& in, const MaskParams& P, 
       row_draws(isa, r.key, selection_counters(c, last, ctr), ctr, rx, ry, rz, rw, tu);
     int ns = 0;
     for (int q = 0; q < last; ++q) {
-      if (!allow[q]) continue;
+      // before the branch: read on every pass, the table's fields are loaded once, outside the loop
       const uint64_t t = token_threshold(P, in.pos_ids ? in.pos_ids[off + q] : 0);
+      if (!allow[q]) continue;
       const uint32_t u = src[q] >= 0 ? wu[src[q]] : tu[q];
       sel[ns] = q;
       ns += hits(u, t);
