@@ -15,10 +15,10 @@
 //    ATen does with CPU_CAPABILITY, so its templates and inline functions have their own symbols;
 //  - what the kernels use from the shared headers (philox.h, masking.h, mask_inputs.h) is always
 //    inlined (MLMFAST_HD) and never emitted on its own, as are the intrinsics; they use no other
-//    library code that could be (no std::min, no containers; std::unique_ptr only of their own
-//    types);
-//  - setup.py checks it after compiling each AVX kernel: every function the object defines for
-//    the linker must be in its instruction set's namespace, or the build fails.
+//    library code that could be (no std::min, no containers, no smart pointers);
+//  - setup.py checks it after compiling each AVX kernel, at every optimisation level (DEBUG=1
+//    too): every function the object defines for the linker must be in its instruction set's
+//    namespace, or the build fails.
 #include <cstdlib>
 #include <cstring>
 

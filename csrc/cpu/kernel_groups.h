@@ -11,7 +11,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 
 #include "cpu/kernel_rows.h"
 
@@ -49,10 +48,17 @@ struct GroupScratch {
   int n_seg = 0, n_blk = 0;
 };
 
+// A thread's GroupScratch, on the heap (not in thread-local storage: only the threads that mask
+// pay for it). No std::unique_ptr: its library code would be emitted here with this file's flags.
+struct GroupScratchOwner {
+  GroupScratch* p = nullptr;
+  ~GroupScratchOwner() { delete p; }
+};
+
 inline GroupScratch& group_scratch() {
-  thread_local std::unique_ptr<GroupScratch> s;
-  if (!s) s = std::make_unique<GroupScratch>();
-  return *s;
+  thread_local GroupScratchOwner s;
+  if (!s.p) s.p = new GroupScratch;
+  return *s.p;
 }
 
 // The selection counters of a segment's nb blocks from block `first` of its row.
