@@ -1,4 +1,4 @@
-// The masking rule of mlmfast, in one place. Both backends (cpu/mask_tokens_cpu.cpp and
+// The masking rule of mlmfast, in one place. Both backends (the kernels of cpu/ and
 // cuda/mask_tokens_cuda.cu) call these functions and nothing else to decide what happens to a
 // token; mlmfast/reference.py mirrors them in plain PyTorch. Change the rule here and there.
 //

@@ -7,8 +7,13 @@
 
 #include <cstdint>
 
+// Always inlined, on the host as on the device (nvcc's __forceinline__ is always_inline in host
+// code too): no out-of-line copy of these functions is ever emitted, so a copy compiled with
+// AVX-512 flags (cpu/kernel_avx512.cpp) cannot stand in for the portable one at link time.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MLMFAST_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define MLMFAST_HD __attribute__((always_inline)) inline
 #else
 #define MLMFAST_HD inline
 #endif

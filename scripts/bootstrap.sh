@@ -32,6 +32,6 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 "$VENV/bin/python" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -v -e . 2>&1 \
-  | grep -E "^  (version|torch|CUDA_HOME|CUDA sources|TORCH_CUDA_ARCH_LIST|MAX_JOBS|DEBUG) |error|Error|Successfully installed" || true
+  | grep -E "^  (version|torch|CUDA_HOME|CUDA sources|TORCH_CUDA_ARCH_LIST|MAX_JOBS|DEBUG|avx2 kernel|avx512 kernel|CPU kernels) |error|Error|Successfully installed" || true
 "$VENV/bin/python" -c "import mlmfast; print('mlmfast', mlmfast.__version__, 'CUDA kernels:', mlmfast.built_with_cuda)"
 touch "$VENV/.mlmfast-installed"
