@@ -470,7 +470,6 @@ def _spawned_rank(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_spawned_ranks_with_spawned_workers(tmp_path):
     """torch.multiprocessing.spawn, gloo on 127.0.0.1, two ranks with two spawned DataLoader
     workers each (which see no process group): ranks get different masks, a rerun the same."""
@@ -572,7 +571,7 @@ def test_trainer_warns_when_its_column_removal_takes_the_words(
 
 @pytest.mark.parametrize(
     "wwm",
-    [True, pytest.param(False, marks=pytest.mark.slow)],
+    [True, False],
     ids=["whole-word", "token"],
 )
 @pytest.mark.parametrize("remove_unused_columns", [True, False])
