@@ -54,6 +54,8 @@ def _init_worker(
 
 
 def _word_array(word_ids: list) -> np.ndarray:
+    if None not in word_ids:  # no special token (the usual case): no per-token Python
+        return np.array(word_ids, dtype=np.int64)
     return np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
 
 
@@ -99,6 +101,11 @@ def _encode(texts: list) -> list[Encoded | None]:
         out.append(Encoded(ids, words if _WORKER_WORDS else None, classes, starts, word_start))
         k += 1
     return out
+
+
+def _encode_piece(piece: tuple[int, list]) -> tuple[int, list[Encoded | None]]:
+    """``_encode`` of one piece of a batch (in a pool), with the piece's index."""
+    return piece[0], _encode(piece[1])
 
 
 def _encode_pairs(pairs: list) -> list[Encoded | None]:

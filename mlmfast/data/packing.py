@@ -96,6 +96,11 @@ _MASK64 = (1 << 64) - 1
 
 def _rebase(words: np.ndarray) -> np.ndarray:
     """Word ids of one row renumbered from 0 (the row may start mid-document)."""
+    if not len(words):
+        return words.astype(np.int32)
+    low = words.min()
+    if low >= 0:  # no token without a word: one subtraction
+        return (words - low).astype(np.int32)
     words = words.copy()
     live = words >= 0
     if live.any():
@@ -125,15 +130,20 @@ class _Packer:
         close: bool = True,
     ):
         """-> (input_ids, word_ids or None, pos_ids or None) of a row ``[CLS] ids [SEP]``."""
-        head = np.array([self.cls], np.int32)
-        tail = np.array([self.sep], np.int32) if close else np.empty(0, np.int32)
-        row = np.concatenate([head, ids.astype(np.int32), tail])
+        n = len(ids)
+        size = n + 1 + int(close)
+        row = np.empty(size, np.int32)
+        row[0] = self.cls
+        row[1 : n + 1] = ids
+        if close:
+            row[n + 1] = self.sep
         w = p = None
         if words is not None:
-            w = np.concatenate([[-1], _rebase(words), [-1] * len(tail)]).astype(np.int32)
+            w = np.full(size, -1, np.int32)
+            w[1 : n + 1] = _rebase(words)
         if classes is not None:
-            special = np.array([SPECIAL], np.uint8)
-            p = np.concatenate([special, classes, special[: len(tail)]]).astype(np.uint8)
+            p = np.full(size, SPECIAL, np.uint8)
+            p[1 : n + 1] = classes
         return row, w, p
 
     def document(

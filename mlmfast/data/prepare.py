@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from mlmfast._faults import kill_point
-from mlmfast.data.encode import Encoded, _encode, _init_worker
+from mlmfast.data.encode import Encoded, _encode, _encode_piece, _init_worker
 from mlmfast.data.packing import MODES, PAIR_MODES, SPLITTER, _Packer, split_sentences
 from mlmfast.data.readers import iter_documents, resolve_inputs
 from mlmfast.data.shards import (
@@ -479,9 +479,23 @@ def _tokenised(job: _Job, docs: Iterable) -> Iterator[tuple[list[int], list]]:
             pending.append([i for i, _ in b])
             yield texts
 
+    # each batch goes to the pool in pieces, so the last batch keeps every worker busy too
+    pieces = 2 * job.num_proc
+
+    def split_batches():
+        for texts in texts_only():
+            step = -(-len(texts) // pieces)
+            yield from ((k, texts[s : s + step]) for k, s in enumerate(range(0, len(texts), step)))
+
     init = (job.tok, job.word_ids, True, job.tagger, job.mode, job.max_length)
     with ctx.Pool(job.num_proc, initializer=_init_worker, initargs=init) as pool:
-        for encoded in pool.imap(_encode, texts_only()):
+        encoded: list = []
+        for k, part in pool.imap(_encode_piece, split_batches()):
+            if k == 0 and encoded:
+                yield pending.pop(0), encoded
+                encoded = []
+            encoded.extend(part)
+        if encoded or pending:
             yield pending.pop(0), encoded
 
 
