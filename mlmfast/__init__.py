@@ -2,7 +2,16 @@
 
 from mlmfast import ops
 from mlmfast.collator import DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
-from mlmfast.ops import MaskOutput, mask_tokens, mask_tokens_, mask_tokens_into
+from mlmfast.ops import (
+    MaskOutput,
+    SpanCorruptOutput,
+    compute_input_and_target_lengths,
+    mask_tokens,
+    mask_tokens_,
+    mask_tokens_into,
+    span_corrupt,
+    span_corruption_lengths,
+)
 
 try:
     from mlmfast._version_build import __version__, built_with_cuda
@@ -14,10 +23,14 @@ __all__ = [
     "DataCollatorForLanguageModeling",
     "DataCollatorForWholeWordMask",
     "MaskOutput",
+    "SpanCorruptOutput",
     "__version__",
     "built_with_cuda",
+    "compute_input_and_target_lengths",
     "mask_tokens",
     "mask_tokens_",
     "mask_tokens_into",
     "ops",
+    "span_corrupt",
+    "span_corruption_lengths",
 ]
