@@ -12,6 +12,7 @@ from mlmfast.ops import (
     span_corrupt,
     span_corruption_lengths,
 )
+from mlmfast.span_collator import DataCollatorForSpanCorruption
 
 try:
     from mlmfast._version_build import __version__, built_with_cuda
@@ -20,6 +21,7 @@ except ImportError:  # pragma: no cover - source tree without a build
     built_with_cuda = False
 
 __all__ = [
+    "DataCollatorForSpanCorruption",
     "DataCollatorForLanguageModeling",
     "DataCollatorForWholeWordMask",
     "MaskOutput",
