@@ -55,9 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> span_corrupt_out_of_place(
                     " descending, num_sentinels=", num_sentinels);
   TORCH_CHECK_VALUE(sentinel_step < 0 || sentinel_start <= INT64_MAX - (num_sentinels - 1),
                     "span_corrupt: the sentinels overflow int64");
-  const SentinelRange range = sentinel_step < 0
-                                  ? SentinelRange{sentinel_start - (num_sentinels - 1), sentinel_start}
-                                  : SentinelRange{sentinel_start, sentinel_start + (num_sentinels - 1)};
+  const SentinelRange range =
+      sentinel_step < 0 ? SentinelRange{sentinel_start - (num_sentinels - 1), sentinel_start}
+                        : SentinelRange{sentinel_start, sentinel_start + (num_sentinels - 1)};
   for (auto [name, id] : {std::pair<const char*, int64_t>{"eos_token_id", eos_token_id},
                           std::pair<const char*, int64_t>{"pad_token_id", pad_token_id}}) {
     TORCH_CHECK_VALUE(id >= 0, "span_corrupt: ", name, " must be >= 0, got ", id);
@@ -110,8 +110,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> span_corrupt_out_of_place(
                       " sentinels are available");
     TORCH_CHECK_VALUE(need_in <= inputs_length && need_tg <= targets_length, "span_corrupt: row ",
                       b, " (", n, " tokens, ", c.noise, " noise tokens in ", c.spans,
-                      " spans) needs inputs_length >= ", need_in, " and targets_length >= ",
-                      need_tg, ", got inputs_length=", inputs_length,
+                      " spans) needs inputs_length >= ", need_in,
+                      " and targets_length >= ", need_tg, ", got inputs_length=", inputs_length,
                       " and targets_length=", targets_length);
     if (!hl) break;  // every row has L tokens: one check covers them all
   }

@@ -13,16 +13,16 @@
 namespace mlmfast {
 
 // The schema's arguments after the tensors, as schema text and as C++ parameters.
-#define MLMFAST_SPAN_ARGS                                                                        \
-  "Tensor? lengths, Tensor? sample_ids, float noise_density, float mean_noise_span_length, "    \
-  "int inputs_length, int targets_length, int sentinel_start, int sentinel_step, "              \
+#define MLMFAST_SPAN_ARGS                                                                    \
+  "Tensor? lengths, Tensor? sample_ids, float noise_density, float mean_noise_span_length, " \
+  "int inputs_length, int targets_length, int sentinel_start, int sentinel_step, "           \
   "int num_sentinels, int eos_token_id, int pad_token_id, int seed, int epoch"
 
-#define MLMFAST_SPAN_PARAMS                                                                     \
-  const c10::optional<at::Tensor>&lengths, const c10::optional<at::Tensor>&sample_ids,         \
-      double noise_density, double mean_noise_span_length, int64_t inputs_length,              \
-      int64_t targets_length, int64_t sentinel_start, int64_t sentinel_step,                   \
-      int64_t num_sentinels, int64_t eos_token_id, int64_t pad_token_id, int64_t seed,         \
+#define MLMFAST_SPAN_PARAMS                                                            \
+  const c10::optional<at::Tensor>&lengths, const c10::optional<at::Tensor>&sample_ids, \
+      double noise_density, double mean_noise_span_length, int64_t inputs_length,      \
+      int64_t targets_length, int64_t sentinel_start, int64_t sentinel_step,           \
+      int64_t num_sentinels, int64_t eos_token_id, int64_t pad_token_id, int64_t seed, \
       int64_t epoch
 #define MLMFAST_SPAN_ARGS_PASS                                                               \
   lengths, sample_ids, noise_density, mean_noise_span_length, inputs_length, targets_length, \

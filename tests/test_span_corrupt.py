@@ -264,7 +264,11 @@ def test_stream_apart_from_mask_tokens():
     """The span draws use their own Philox tag: the counter words of mask_tokens (tags 0, 1, 2 in
     the top two bits) never produce them."""
     assert reference.TAG_SPAN == 3 << 30
-    assert reference.TAG_SPAN not in (reference.TAG_SELECT, reference.TAG_WORD, reference.TAG_REPLACE)
+    assert reference.TAG_SPAN not in (
+        reference.TAG_SELECT,
+        reference.TAG_WORD,
+        reference.TAG_REPLACE,
+    )
 
 
 # ---- statistics --------------------------------------------------------------------------------
@@ -325,7 +329,10 @@ def test_span_lengths_follow_their_distribution():
         assert len(z) == spans and sum(z) == noise  # the exact noise share, every row
         first.append(z[0])
         every += z
-    pmf = [math.comb(noise - ell - 1, spans - 2) / math.comb(noise - 1, spans - 1) for ell in range(1, noise)]
+    pmf = [
+        math.comb(noise - ell - 1, spans - 2) / math.comb(noise - 1, spans - 1)
+        for ell in range(1, noise)
+    ]
     mean = sum(ell * p for ell, p in zip(range(1, noise), pmf, strict=True))
     assert mean == pytest.approx(noise / spans)
     var = sum((ell - mean) ** 2 * p for ell, p in zip(range(1, noise), pmf, strict=True))

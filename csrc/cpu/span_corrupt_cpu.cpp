@@ -49,8 +49,8 @@ void run_cpu(const SpanInputs& in, const SpanParams& P, SentinelRange range, int
   });
   const int64_t f = collision.load();
   TORCH_CHECK_VALUE(f == kNoProblem, "span_corrupt: input_ids[", f / std::max<int64_t>(L, 1), ", ",
-                    f % std::max<int64_t>(L, 1), "] = ",
-                    f == kNoProblem ? 0 : static_cast<int64_t>(ids[f]),
+                    f % std::max<int64_t>(L, 1),
+                    "] = ", f == kNoProblem ? 0 : static_cast<int64_t>(ids[f]),
                     " is a sentinel id: the sentinels [", range.lo, ", ", range.hi,
                     "] must not occur in the rows");
 }

@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(kSpanThreads)
   const int64_t words = span_bitmap_words(n);
   for (int64_t i = 0; i < words; ++i) bits[i] = 0u;
   const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
-  span_corrupt_row<T, int64_t>(P, row_key(P.seed, P.epoch, sid), static_cast<const T*>(in.ids) + b * L,
-                               n, bits, out + b * P.inputs_length, att + b * P.inputs_length,
-                               labels + b * P.targets_length);
+  span_corrupt_row<T, int64_t>(
+      P, row_key(P.seed, P.epoch, sid), static_cast<const T*>(in.ids) + b * L, n, bits,
+      out + b * P.inputs_length, att + b * P.inputs_length, labels + b * P.targets_length);
 }
