@@ -130,6 +130,29 @@ def test_streams_and_epochs(t5_tok):
     assert not torch.equal(first["labels"], c(exs)["labels"])
 
 
+def test_dataloader_workers_get_their_own_streams(t5_tok):
+    """The seed streams shared with the MLM collator: with a seed and no sample ids, two
+    DataLoader workers given the same examples corrupt them differently, and a second run with
+    the same seed repeats both."""
+    rows = [ex["input_ids"] for ex in examples(t5_tok, 4, seed=2)]
+    data = [rows, rows]  # one batch per worker, the same examples in both
+
+    def run() -> list[torch.Tensor]:
+        collator = mlmfast.DataCollatorForSpanCorruption(t5_tok, seed=11)
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=None,
+            num_workers=2,
+            collate_fn=collator,
+            multiprocessing_context="fork",
+        )
+        return [b["labels"] for b in loader]
+
+    first, again = run(), run()
+    assert not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
 def test_bad_configuration(t5_tok):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
