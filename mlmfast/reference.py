@@ -1,5 +1,6 @@
 """The masking op in plain PyTorch: slow, obviously right, and bit-exact with the C++ and CUDA
-kernels. It mirrors ``csrc/masking.h`` line for line; the tests demand equality.
+kernels. It mirrors ``csrc/masking.h`` line for line, and ``csrc/span_corrupt.h`` (T5 span
+corruption, row by row in Python); the tests demand equality.
 
 Philox4x32-10 runs here in int64 tensor arithmetic: a 32x32-bit product is formed from 16-bit
 halves so that nothing overflows int64.
