@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "mask_tokens.h"
+#include "span_corrupt_op.h"
 
 // Importing mlmfast._C from Python loads this shared object, which runs the static
 // registrations below. Besides the ops it exposes only the collation helpers of cpu/collate.cpp
@@ -24,4 +25,6 @@ TORCH_LIBRARY(mlmfast, m) {
   m.def("mask_tokens_into(Tensor input_ids, Tensor(a!) out, Tensor(b!) labels, " MLMFAST_MASK_ARGS
         ") -> ()");
   m.def("philox4x32_10(Tensor counters, int seed) -> Tensor");
+  // T5 span corruption: (input_ids, attention_mask, labels), int64
+  m.def("span_corrupt(Tensor input_ids, " MLMFAST_SPAN_ARGS ") -> (Tensor, Tensor, Tensor)");
 }

@@ -235,8 +235,94 @@ def _stack_key(key: str, rows: list) -> torch.Tensor:
     return value
 
 
+class SeedStreams:
+    """The seeds of a collator's batches, shared by the collators of this package (a mixin for a
+    dataclass with a ``seed`` field; ``_init_streams`` in its ``__post_init__``, the ``epoch``
+    property set on the class as below).
+
+    Examples with a ``sample_id`` draw from (seed, epoch, sample id) alone. Without sample ids
+    and with a seed, each process (main, DataLoader worker, rank) has its own stream derived
+    from (seed, rank, worker id, the worker's launch). Without either, seeds come from torch's
+    default generator."""
+
+    def _init_streams(self) -> None:
+        # The stream of seeded batches without sample ids: what it was derived for (see
+        # _seed_and_ids), its seed, and the examples it has masked.
+        self._stream_key: tuple[int, Any, bool] | None = None
+        self._stream_seed: int | None = None
+        self._seen = 0
+        # Launches of each DataLoader worker slot, in shared memory so that every worker process
+        # (forked, spawned) counts with the others.
+        self._launches = torch.zeros(_WORKER_SLOTS, dtype=torch.int64).share_memory_()
+        # The rank, captured here and whenever the object is pickled in a main process: spawned
+        # DataLoader workers see no process group, so it travels in the object's state.
+        self._rank = _current_rank()
+        # Without a seed, examples with sample ids still need one for the whole run, the same in
+        # every worker: taken here, in the main process, from torch's default generator (its
+        # initial seed, which torch.manual_seed sets; nothing is drawn, so creating a collator
+        # leaves torch's random stream where it was).
+        self._run_seed = torch.initial_seed()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if torch.utils.data.get_worker_info() is None:
+            rank = _current_rank()
+            if rank is not None:
+                state["_rank"] = rank
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """New masks for a new epoch (same seed, same sample ids -> the same masks again). The
+        value lives in shared memory: DataLoader workers, persistent or not, see it."""
+        self.epoch = epoch
+
+    # -- randomness ------------------------------------------------------------------------
+    def _seed_and_ids(
+        self, n: int, sample_ids: torch.Tensor | None
+    ) -> tuple[int, torch.Tensor | None]:
+        if sample_ids is not None:
+            # elastic determinism: the mask depends on the example, not on who collates it
+            return (self.seed if self.seed is not None else self._run_seed), sample_ids
+        if self.seed is None:
+            return draw_seed(), None  # torch's generator: seeded per DataLoader worker by torch
+        info = torch.utils.data.get_worker_info()
+        dist = torch.distributed
+        # what the stream depends on and may change between calls: the process (a fork starts
+        # its own stream), the seed, and in a main process whether a process group exists yet
+        key = (
+            os.getpid(),
+            self.seed,
+            info is None and dist.is_available() and dist.is_initialized(),
+        )
+        if key != self._stream_key:
+            if info is None:
+                rank = _current_rank()
+                if rank is None:
+                    rank = self._rank or 0
+                else:
+                    self._rank = rank
+            else:
+                rank = self._rank if self._rank is not None else (_current_rank() or 0)
+            launch = 0
+            if info is not None:
+                # the launches of this worker slot so far, counted in shared memory: a worker
+                # started for a new epoch takes the next stream (persistent workers keep theirs)
+                slot = info.id % _WORKER_SLOTS
+                launch = int(self._launches[slot].item())
+                self._launches[slot] = launch + 1
+            worker = 0 if info is None else 1 + info.id
+            seed = _mix_seed(int(self.seed), rank, worker, launch)
+            new_process = self._stream_key is None or self._stream_key[0] != key[0]
+            if new_process or seed != self._stream_seed:  # else the same stream goes on
+                self._stream_seed, self._seen = seed, 0
+            self._stream_key = key
+        ids = torch.arange(self._seen, self._seen + n, dtype=torch.long)
+        self._seen += n
+        return self._stream_seed, ids
+
+
 @dataclass
-class DataCollatorForLanguageModeling:
+class DataCollatorForLanguageModeling(SeedStreams):
     """Drop-in for ``transformers.DataCollatorForLanguageModeling``: a dataclass with its fields
     (in its order, with its defaults), its call chain and its outputs, with the fused mlmfast op
     doing padding and masking.
@@ -334,30 +420,7 @@ class DataCollatorForLanguageModeling:
                 "this the tokenizer the examples were made with?",
                 stacklevel=3,
             )
-        # The stream of seeded batches without sample ids: what it was derived for (see
-        # _seed_and_ids), its seed, and the examples it has masked.
-        self._stream_key: tuple[int, Any, bool] | None = None
-        self._stream_seed: int | None = None
-        self._seen = 0
-        # Launches of each DataLoader worker slot, in shared memory so that every worker process
-        # (forked, spawned) counts with the others.
-        self._launches = torch.zeros(_WORKER_SLOTS, dtype=torch.int64).share_memory_()
-        # The rank, captured here and whenever the object is pickled in a main process: spawned
-        # DataLoader workers see no process group, so it travels in the object's state.
-        self._rank = _current_rank()
-        # Without a seed, examples with sample ids still need one for the whole run, the same in
-        # every worker: taken here, in the main process, from torch's default generator (its
-        # initial seed, which torch.manual_seed sets; nothing is drawn, so creating a collator
-        # leaves torch's random stream where it was).
-        self._run_seed = torch.initial_seed()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if torch.utils.data.get_worker_info() is None:
-            rank = _current_rank()
-            if rank is not None:
-                state["_rank"] = rank
-        return state
+        self._init_streams()
 
     # -- configuration ---------------------------------------------------------------------
     def _check(self) -> None:
@@ -415,55 +478,6 @@ class DataCollatorForLanguageModeling:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, CollatorWarning, stacklevel=stacklevel + 1)
-
-    def set_epoch(self, epoch: int) -> None:
-        """New masks for a new epoch (same seed, same sample ids -> the same masks again). The
-        value lives in shared memory: DataLoader workers, persistent or not, see it."""
-        self.epoch = epoch
-
-    # -- randomness ------------------------------------------------------------------------
-    def _seed_and_ids(
-        self, n: int, sample_ids: torch.Tensor | None
-    ) -> tuple[int, torch.Tensor | None]:
-        if sample_ids is not None:
-            # elastic determinism: the mask depends on the example, not on who collates it
-            return (self.seed if self.seed is not None else self._run_seed), sample_ids
-        if self.seed is None:
-            return draw_seed(), None  # torch's generator: seeded per DataLoader worker by torch
-        info = torch.utils.data.get_worker_info()
-        dist = torch.distributed
-        # what the stream depends on and may change between calls: the process (a fork starts
-        # its own stream), the seed, and in a main process whether a process group exists yet
-        key = (
-            os.getpid(),
-            self.seed,
-            info is None and dist.is_available() and dist.is_initialized(),
-        )
-        if key != self._stream_key:
-            if info is None:
-                rank = _current_rank()
-                if rank is None:
-                    rank = self._rank or 0
-                else:
-                    self._rank = rank
-            else:
-                rank = self._rank if self._rank is not None else (_current_rank() or 0)
-            launch = 0
-            if info is not None:
-                # the launches of this worker slot so far, counted in shared memory: a worker
-                # started for a new epoch takes the next stream (persistent workers keep theirs)
-                slot = info.id % _WORKER_SLOTS
-                launch = int(self._launches[slot].item())
-                self._launches[slot] = launch + 1
-            worker = 0 if info is None else 1 + info.id
-            seed = _mix_seed(int(self.seed), rank, worker, launch)
-            new_process = self._stream_key is None or self._stream_key[0] != key[0]
-            if new_process or seed != self._stream_seed:  # else the same stream goes on
-                self._stream_seed, self._seen = seed, 0
-            self._stream_key = key
-        ids = torch.arange(self._seen, self._seen + n, dtype=torch.long)
-        self._seen += n
-        return self._stream_seed, ids
 
     # -- collation ---------------------------------------------------------------------------
     def __call__(self, features: Any, return_tensors: str | None = None) -> dict[str, Any]:
@@ -967,11 +981,11 @@ _TORCH_MASK_TOKENS = DataCollatorForLanguageModeling.torch_mask_tokens
 _NUMPY_MASK_TOKENS = DataCollatorForLanguageModeling.numpy_mask_tokens
 
 
-def _get_epoch(self: DataCollatorForLanguageModeling) -> int:
+def _get_epoch(self: SeedStreams) -> int:
     return int(self._epoch.item())  # .item(): indexing a tensor costs microseconds
 
 
-def _set_epoch(self: DataCollatorForLanguageModeling, epoch: int) -> None:
+def _set_epoch(self: SeedStreams, epoch: int) -> None:
     if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or not 0 <= epoch < 2**32:
         raise ValueError(f"epoch must be an integer in [0, 2^32), got {epoch!r}")
     shared = self.__dict__.get("_epoch")
@@ -981,11 +995,16 @@ def _set_epoch(self: DataCollatorForLanguageModeling, epoch: int) -> None:
     shared[0] = int(epoch)
 
 
-# A property set after @dataclass, which would otherwise take it for the field's default: the
-# generated __init__ and dataclasses.replace go through it.
-DataCollatorForLanguageModeling.epoch = property(  # type: ignore[assignment]
-    _get_epoch, _set_epoch, doc="The epoch masks are drawn for (``set_epoch`` changes it)."
-)
+def epoch_property() -> property:
+    """The ``epoch`` of a :class:`SeedStreams` dataclass, in shared memory. Set on the class after
+    @dataclass, which would otherwise take it for the field's default: the generated __init__
+    and dataclasses.replace go through it."""
+    return property(
+        _get_epoch, _set_epoch, doc="The epoch masks are drawn for (``set_epoch`` changes it)."
+    )
+
+
+DataCollatorForLanguageModeling.epoch = epoch_property()  # type: ignore[assignment]
 
 
 @dataclass

@@ -18,11 +18,15 @@ from mlmfast import _C  # noqa: F401  (loads the shared object, which registers 
 __all__ = [
     "MODES",
     "MaskOutput",
+    "SpanCorruptOutput",
+    "compute_input_and_target_lengths",
     "draw_seed",
     "mask_tokens",
     "mask_tokens_",
     "mask_tokens_into",
     "philox4x32_10",
+    "span_corrupt",
+    "span_corruption_lengths",
 ]
 
 MODES = ("bernoulli", "exact")
@@ -31,6 +35,7 @@ MODES = ("bernoulli", "exact")
 _MASK_TOKENS = torch.ops.mlmfast.mask_tokens.default
 _MASK_TOKENS_INPLACE = torch.ops.mlmfast.mask_tokens_.default
 _MASK_TOKENS_INTO = torch.ops.mlmfast.mask_tokens_into.default
+_SPAN_CORRUPT = torch.ops.mlmfast.span_corrupt.default
 
 
 class MaskOutput(NamedTuple):
@@ -271,6 +276,200 @@ def philox4x32_10(counters: torch.Tensor, seed: int) -> torch.Tensor:
     """Raw Philox4x32-10 blocks: ``counters`` int64 ``[N, 4]`` (values < 2^32), key = the 64-bit
     seed (low word first). Returns int64 ``[N, 4]`` of uint32 values. CPU only; for tests."""
     return torch.ops.mlmfast.philox4x32_10.default(counters, schema_seed(seed))
+
+
+# ---- span corruption (T5) ------------------------------------------------------------------
+
+
+class SpanCorruptOutput(NamedTuple):
+    """Result of :func:`span_corrupt`, int64 tensors.
+
+    ``input_ids``: ``[B, inputs_length]`` encoder inputs (each noise span replaced by one
+    sentinel, then EOS), padded with ``pad_token_id``; ``attention_mask``: 1 on those tokens, 0
+    on the padding; ``labels``: ``[B, targets_length]`` (each sentinel followed by its span's
+    tokens, then EOS), padded with -100, which the loss ignores (T5's ``_shift_right`` turns it
+    into the pad id when it builds ``decoder_input_ids``).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def _check_span_args(noise_density: float, mean_noise_span_length: float) -> tuple[float, float]:
+    d, m = float(noise_density), float(mean_noise_span_length)
+    if not 0.0 < d < 1.0:  # NaN fails too
+        raise ValueError(f"noise_density must be in (0, 1), got {noise_density!r}")
+    if not (m >= 1.0 and m != float("inf")):
+        raise ValueError(f"mean_noise_span_length must be >= 1, got {mean_noise_span_length!r}")
+    return d, m
+
+
+def span_counts(
+    length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """``(num_noise_tokens, num_noise_spans)`` of a row of ``length >= 2`` tokens, as the op
+    computes them (csrc/span_corrupt.h): ``round(length * noise_density)`` clamped to
+    ``[1, length - 1]``, and ``round(noise / mean_noise_span_length)`` clamped to
+    ``[1, min(noise, length - noise)]``; round = half to even, in binary64 (T5's arithmetic)."""
+    d, m = _check_span_args(noise_density, mean_noise_span_length)
+    n = int(length)
+    if n < 2:
+        raise ValueError(f"length must be >= 2 (a noise and a non-noise token), got {length}")
+    noise = min(max(round(n * d), 1), n - 1)
+    spans = min(max(round(noise / m), 1), noise, n - noise)
+    return noise, spans
+
+
+def span_corruption_lengths(
+    length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """``(inputs_length, targets_length)`` of a row of ``length`` tokens after span corruption,
+    EOS included: ``length - noise + spans + 1`` and ``noise + spans + 1``. Both never decrease
+    as ``length`` grows, so these lengths for the longest (packed) row fit every shorter row."""
+    noise, spans = span_counts(length, noise_density, mean_noise_span_length)
+    return int(length) - noise + spans + 1, noise + spans + 1
+
+
+def compute_input_and_target_lengths(
+    inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """T5's ``random_spans_helper``: ``(tokens_length, targets_length)`` where ``tokens_length``
+    is the longest row whose corrupted input (EOS included) has at most ``inputs_length``
+    tokens, and ``targets_length`` that row's label length. Pack rows to ``tokens_length`` and
+    every batch has inputs of ``inputs_length`` (padding only where a row falls a token short)
+    and labels of ``targets_length``. Unlike T5 there is no special case for a density of 0.5:
+    the lengths returned are exactly those of the op."""
+    _check_span_args(noise_density, mean_noise_span_length)
+    if int(inputs_length) < 2:
+        raise ValueError(f"inputs_length must be >= 2, got {inputs_length}")
+    n = 2
+    if span_corruption_lengths(n, noise_density, mean_noise_span_length)[0] > inputs_length:
+        raise ValueError(f"inputs_length={inputs_length} is too short for any row")
+    while span_corruption_lengths(n + 1, noise_density, mean_noise_span_length)[0] <= inputs_length:
+        n += 1
+    return n, span_corruption_lengths(n, noise_density, mean_noise_span_length)[1]
+
+
+def _row_lengths(input_ids, attention_mask, lengths) -> torch.Tensor | None:
+    """Per-row lengths from ``lengths`` or a prefix ``attention_mask`` (None: every row full)."""
+    if attention_mask is not None and lengths is not None:
+        raise ValueError("span_corrupt: give attention_mask or lengths, not both")
+    if attention_mask is None:
+        return lengths
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"span_corrupt: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}"
+            f", got {tuple(attention_mask.shape)}"
+        )
+    att = attention_mask != 0
+    n = att.sum(1)
+    prefix = torch.arange(att.shape[1], device=att.device) < n.unsqueeze(1)
+    bad = (att != prefix).any(1)
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(
+            "span_corrupt: attention_mask must be 1 on a prefix of each row (padding after), "
+            f"row {row} is not"
+        )
+    return n
+
+
+def span_corrupt(
+    input_ids: torch.Tensor,
+    *,
+    sentinel_start: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    inputs_length: int | None = None,
+    targets_length: int | None = None,
+    sentinel_step: int = -1,
+    num_sentinels: int = 100,
+    attention_mask: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    sample_ids: torch.Tensor | None = None,
+    seed: int | None = None,
+    epoch: int = 0,
+) -> SpanCorruptOutput:
+    """T5 span corruption, fused: noise spans of each row replaced by one sentinel each in the
+    encoder input, the labels made of each sentinel followed by its span, both ended by EOS.
+
+    Per row of ``n`` tokens: ``noise = round(n * noise_density)`` tokens (clamped to
+    ``[1, n - 1]``) in ``round(noise / mean_noise_span_length)`` spans (at least one, at most
+    ``min(noise, n - noise)``); noise and non-noise tokens are each cut into that many non-empty
+    segments, every segmentation equally likely, interleaved starting with non-noise tokens (the
+    rule of T5's ``random_spans_noise_mask``). The i-th span's sentinel is
+    ``sentinel_start + i * sentinel_step``: T5's ``<extra_id_0>`` is the last id of its vocabulary
+    and the others count down, hence ``sentinel_step=-1`` by default.
+
+    Args:
+        input_ids: ``[B, L]`` int64/int32 token ids, CPU or CUDA; each row's tokens first, then
+            padding (its length from ``attention_mask`` or ``lengths``; else all ``L``).
+        sentinel_start, sentinel_step, num_sentinels: the sentinel ids, ``sentinel_start`` and
+            the ``num_sentinels - 1`` after it going by ``sentinel_step`` (-1 or 1). None may
+            occur in the rows (checked on the CPU), be negative, or be the EOS or pad id; a row
+            with more spans than sentinels is an error.
+        eos_token_id: ends inputs and labels. pad_token_id: pads ``input_ids``.
+        inputs_length, targets_length: output widths; None takes those of the longest row
+            (:func:`span_corruption_lengths`). A row that does not fit is a ValueError naming it.
+        attention_mask: ``[B, L]``, 1 on a prefix of each row. lengths: ``[B]`` row lengths.
+        sample_ids: ``[B]`` int64 stable ids of the examples (default: the row index): the
+            corruption of a row is a function of (seed, epoch, sample id, its length, its
+            tokens), whatever batch it is in, on CPU and CUDA alike.
+        seed: 64-bit seed; None draws one from torch's default generator. epoch: new epoch, new
+            spans.
+    """
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(
+            f"span_corrupt: input_ids must be a torch.Tensor, got {type(input_ids).__name__}"
+        )
+    d, m = _check_span_args(noise_density, mean_noise_span_length)
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"span_corrupt: input_ids must be 2-D [batch, length], got {tuple(input_ids.shape)}"
+        )
+    n = _row_lengths(input_ids, attention_mask, lengths)
+    if inputs_length is None or targets_length is None:
+        widths = {int(x) for x in n.unique().tolist()} if n is not None else {input_ids.shape[1]}
+        fits = [span_corruption_lengths(w, d, m) for w in widths if w >= 2]
+        if inputs_length is None:
+            inputs_length = max((f[0] for f in fits), default=1)
+        if targets_length is None:
+            targets_length = max((f[1] for f in fits), default=1)
+    seed = draw_seed() if seed is None else int(seed)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"span_corrupt: seed must fit in 64 bits, got {seed}")
+    out = _SPAN_CORRUPT(
+        input_ids,
+        n,
+        sample_ids,
+        d,
+        m,
+        int(inputs_length),
+        int(targets_length),
+        int(sentinel_start),
+        int(sentinel_step),
+        int(num_sentinels),
+        int(eos_token_id),
+        int(pad_token_id),
+        schema_seed(seed),
+        int(epoch),
+    )
+    return SpanCorruptOutput(*out)
+
+
+@torch.library.register_fake("mlmfast::span_corrupt")
+def _span_corrupt_fake(input_ids, lengths, sample_ids, d, m, inputs_length, targets_length, *args):
+    torch._check(input_ids.dim() == 2, lambda: "span_corrupt: input_ids must be 2-D")
+    B = input_ids.shape[0]
+    new = input_ids.new_empty
+    return (
+        new((B, inputs_length), dtype=torch.int64),
+        new((B, inputs_length), dtype=torch.int64),
+        new((B, targets_length), dtype=torch.int64),
+    )
 
 
 @torch.library.register_fake("mlmfast::mask_tokens")

@@ -1,5 +1,6 @@
 """The masking op in plain PyTorch: slow, obviously right, and bit-exact with the C++ and CUDA
-kernels. It mirrors ``csrc/masking.h`` line for line; the tests demand equality.
+kernels. It mirrors ``csrc/masking.h`` line for line, and ``csrc/span_corrupt.h`` (T5 span
+corruption, row by row in Python); the tests demand equality.
 
 Philox4x32-10 runs here in int64 tensor arithmetic: a 32x32-bit product is formed from 16-bit
 halves so that nothing overflows int64.
@@ -14,7 +15,7 @@ import torch
 
 from mlmfast.ops import MaskOutput, draw_seed
 
-__all__ = ["mask_tokens", "philox4x32_10", "threshold_of"]
+__all__ = ["mask_tokens", "philox4x32_10", "span_corrupt", "span_counts", "threshold_of"]
 
 _M32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -229,3 +230,99 @@ def mask_tokens(
     if positions is not None:
         positions = positions.to(device)
     return MaskOutput(out, labels, positions)
+
+
+# ---- span corruption -------------------------------------------------------------------------
+# Mirrors csrc/span_corrupt.h: the counts, the draws (here the plain definition floor(u * r / 2^64)
+# with Python integers, which the C++ computes in 64-bit pieces), Floyd's sampling of the cuts
+# (here with a Python set) and the layout of inputs and labels.
+
+TAG_SPAN = 3 << 30
+
+
+def span_counts(n: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of a row of n >= 2 tokens."""
+    noise = min(max(round(n * noise_density), 1), n - 1)  # round: half to even, as rint
+    spans = min(max(round(noise / mean_noise_span_length), 1), noise, n - noise)
+    return noise, spans
+
+
+def _span_draws(key: tuple[int, int], epoch: int, sample_id: int, count: int) -> list[int]:
+    """The first `count` 64-bit draws of a row: block d >> 1, high word x (even d) or z (odd)."""
+    blocks = (count + 1) // 2
+    if blocks == 0:
+        return []
+    sid = sample_id % 2**64
+    x, y, z, w = philox4x32_10(
+        (TAG_SPAN | torch.arange(blocks, dtype=torch.int64), epoch, sid & _M32, sid >> 32), key
+    )
+    words = torch.stack([x, y, z, w], dim=1).tolist()
+    draws = []
+    for a, b, c, e in words:
+        draws += [(a << 32) | b, (c << 32) | e]
+    return draws[:count]
+
+
+def _floyd_cuts(draws: list[int], m: int, k: int) -> set[int]:
+    """k - 1 cuts among the m - 1 gaps of m items (gap g: a segment starts at item g + 1)."""
+    gaps, cuts = m - 1, set()
+    for d, j in enumerate(range(gaps - (k - 1), gaps)):
+        t = (draws[d] * (j + 1)) >> 64  # uniform in [0, j]
+        cuts.add(j if t in cuts else t)
+    return cuts
+
+
+def _segments(m: int, cuts: set[int]) -> list[int]:
+    starts = [0] + sorted(g + 1 for g in cuts) + [m]
+    return [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def span_corrupt(
+    input_ids: torch.Tensor,
+    *,
+    sentinel_start: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    inputs_length: int,
+    targets_length: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    sentinel_step: int = -1,
+    lengths: torch.Tensor | None = None,
+    sample_ids: torch.Tensor | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+):
+    """The op (mlmfast.span_corrupt) row by row: (input_ids, attention_mask, labels), int64.
+    Rows must fit; arguments are not validated (the op does that)."""
+    from mlmfast.ops import SpanCorruptOutput
+
+    B, L = input_ids.shape
+    seed = int(seed) % 2**64
+    key = (seed & _M32, seed >> 32)
+    rows = input_ids.tolist()
+    ns = lengths.tolist() if lengths is not None else [L] * B
+    sids = sample_ids.tolist() if sample_ids is not None else list(range(B))
+    out = torch.full((B, inputs_length), pad_token_id, dtype=torch.int64)
+    att = torch.zeros((B, inputs_length), dtype=torch.int64)
+    labels = torch.full((B, targets_length), IGNORE_INDEX, dtype=torch.int64)
+    for b in range(B):
+        n, row = int(ns[b]), rows[b]
+        noise, spans = span_counts(n, noise_density, mean_noise_span_length)
+        keep = n - noise
+        draws = _span_draws(key, int(epoch), int(sids[b]), 2 * (spans - 1))
+        noise_len = _segments(noise, _floyd_cuts(draws[: spans - 1], noise, spans))
+        keep_len = _segments(keep, _floyd_cuts(draws[spans - 1 :], keep, spans))
+        inp, lab, pos = [], [], 0
+        for s in range(spans):
+            sentinel = sentinel_start + s * sentinel_step
+            inp += row[pos : pos + keep_len[s]] + [sentinel]
+            pos += keep_len[s]
+            lab += [sentinel] + row[pos : pos + noise_len[s]]
+            pos += noise_len[s]
+        inp.append(eos_token_id)
+        lab.append(eos_token_id)
+        out[b, : len(inp)] = torch.tensor(inp)
+        att[b, : len(inp)] = 1
+        labels[b, : len(lab)] = torch.tensor(lab)
+    return SpanCorruptOutput(out, att, labels)

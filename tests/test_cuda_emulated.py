@@ -2,6 +2,8 @@
 csrc/cuda/mask_kernels.cuh (unchanged) against a host emulation of the CUDA built-ins (one thread
 per CUDA thread, barriers for __syncthreads, garbage in shared memory before each block) and the
 CUDA op's host code. Its masks must equal the reference's bit for bit, in every mode and form.
+The same module carries the span-corruption kernel (csrc/cuda/span_kernels.cuh), tested in
+tests/test_span_corrupt.py.
 
 This is what checks the kernels' logic in CI, which has no GPU: indexing, the per-row selection of
 exact mode, barriers, the grid loop over long rows, the vectorised and scalar paths. What it cannot
@@ -42,6 +44,8 @@ def emu():
         sources=[
             str(ROOT / "tests" / "cuda_emu" / "emu.cpp"),
             str(ROOT / "csrc" / "mask_tokens.cpp"),
+            str(ROOT / "tests" / "cuda_emu" / "span_emu.cpp"),
+            str(ROOT / "csrc" / "span_corrupt.cpp"),
         ],
         extra_include_paths=[str(ROOT / "csrc"), str(ROOT / "tests" / "cuda_emu")],
         extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas"],
