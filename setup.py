@@ -46,6 +46,9 @@ from setuptools import setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BASE_VERSION = "0.1.0"
 DEFAULT_ARCHS = "8.0;9.0;10.0+PTX"
+DESCRIPTION = "Fused C++/CUDA masking for BERT-style masked-language-model training"
+DEPENDENCIES = ["numpy", "tqdm", "transformers>=4.46"]  # and the torch of the build
+TORCH_ANY = "torch>=2.4"  # an sdist's requirement: any torch the sources build against
 
 
 # The CPU kernels compiled with instruction-set flags, and their flags; csrc/cpu/dispatch.cpp
@@ -165,40 +168,25 @@ def resolve_cuda_home() -> tuple[str | None, str]:
     return None, "torch's detection"
 
 
-# Commands that need no compiler and no torch: an sdist is the sources, for any torch.
-SDIST_COMMANDS = ("sdist",)
-METADATA_COMMANDS = ("egg_info", "dist_info", "sdist", "--name", "--version")
-
-
-def _commands() -> list[str]:
-    return [a for a in sys.argv[1:] if a in METADATA_COMMANDS or not a.startswith("-")]
-
-
 def _sdist_setup() -> None:
-    """An sdist, or metadata without a build: base version, no extension, torch unpinned (the
-    build from the sdist pins the torch it finds)."""
+    """An sdist, or metadata without a build: the base version, no extension, torch unpinned (a
+    build from the sdist pins the torch it is built against)."""
     setup(
-        version=BASE_VERSION,
-        description=DESCRIPTION,
-        install_requires=[TORCH_ANY, *DEPENDENCIES],
+        version=BASE_VERSION, description=DESCRIPTION, install_requires=[TORCH_ANY, *DEPENDENCIES]
     )
 
 
-DESCRIPTION = "Fused C++/CUDA masking for BERT-style masked-language-model training"
-DEPENDENCIES = ["numpy", "tqdm", "transformers>=4.46"]
-TORCH_ANY = "torch>=2.4"
-
-
 def main() -> None:
-    commands = _commands()
-    if any(c in SDIST_COMMANDS for c in commands):
+    # An sdist is the sources, for any torch: no torch, no compiler, no local version.
+    commands = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if "sdist" in commands:
         _sdist_setup()
         return
     try:
         import torch
     except ImportError:
-        if commands and all(c in METADATA_COMMANDS for c in commands):
-            _sdist_setup()  # e.g. the egg_info of an isolated build's get_requires step
+        if commands == ["egg_info"]:  # an isolated build's first step (get_requires_for_build)
+            _sdist_setup()
             return
         sys.exit(
             "mlmfast: torch must be installed before building (pip install torch), "
