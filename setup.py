@@ -150,21 +150,23 @@ def _has_nvcc(root: str | None) -> bool:
     return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc"))
 
 
-def resolve_cuda_home() -> tuple[str | None, str]:
+def resolve_cuda_home(
+    environ: dict | None = None, default: str = "/usr/local/cuda"
+) -> tuple[str | None, str]:
     """The CUDA toolkit to build with, and where that choice came from; the one rule for every
     build (make install, make wheel, scripts/bootstrap.sh, CI, pip by hand).
 
     1. $CUDA_HOME when it has bin/nvcc (an explicit one without nvcc is an error, in main());
-    2. /usr/local/cuda when it has bin/nvcc;
+    2. `default`, /usr/local/cuda, when it has bin/nvcc;
     3. torch's own detection ($CUDA_PATH, then the nvcc on PATH).
     Step 2 comes before torch's guess because that guess takes the parent of the nvcc on PATH,
     which for a wrapper such as /usr/local/bin/nvcc is /usr/local: no lib64/libcudart there, and
     the link fails with `cannot find -lcudart`."""
-    env = os.environ.get("CUDA_HOME")
+    env = (os.environ if environ is None else environ).get("CUDA_HOME")
     if env:
         return env, "$CUDA_HOME"
-    if _has_nvcc("/usr/local/cuda"):
-        return "/usr/local/cuda", "/usr/local/cuda has bin/nvcc"
+    if _has_nvcc(default):
+        return default, f"{default} has bin/nvcc"
     return None, "torch's detection"
 
 

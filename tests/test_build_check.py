@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import struct
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +147,39 @@ class TestFatbin:
             if item.endswith("+PTX"):
                 expected.add(f"compute_{number}")
         assert set(archs) == expected
+
+
+def _setup_module():
+    """setup.py as a module (its main() runs only as a script)."""
+    path = Path(__file__).resolve().parents[1] / "setup.py"
+    if not path.exists():
+        pytest.skip("no setup.py beside the tests (an installed copy of the tests)")
+    spec = importlib.util.spec_from_file_location("mlmfast_setup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestResolveCudaHome:
+    """The one rule for the CUDA toolkit of every build (setup.py)."""
+
+    @pytest.fixture
+    def toolkit(self, tmp_path):
+        (tmp_path / "cuda" / "bin").mkdir(parents=True)
+        (tmp_path / "cuda" / "bin" / "nvcc").write_text("")
+        return str(tmp_path / "cuda")
+
+    def test_cuda_home_wins(self, toolkit):
+        resolve = _setup_module().resolve_cuda_home
+        assert resolve({"CUDA_HOME": "/opt/cuda-x"}, default=toolkit) == (
+            "/opt/cuda-x",
+            "$CUDA_HOME",
+        )
+
+    def test_default_with_nvcc_before_torch_detection(self, toolkit):
+        resolve = _setup_module().resolve_cuda_home
+        assert resolve({}, default=toolkit) == (toolkit, f"{toolkit} has bin/nvcc")
+
+    def test_default_without_nvcc_leaves_it_to_torch(self, tmp_path):
+        resolve = _setup_module().resolve_cuda_home
+        assert resolve({"CUDA_HOME": ""}, default=str(tmp_path)) == (None, "torch's detection")
