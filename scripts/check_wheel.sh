@@ -13,7 +13,8 @@
 #                  (read from the binary by `mlmfast info`); unset: not compared
 #   KEEP_VENV=1    keep build/wheel-venvs/check (removed at the end otherwise: torch is large)
 # Uses the pip configuration of this machine (its package index or mirror) for torch and the
-# test packages; the virtualenv is build/wheel-venvs/check, the tests run from a temporary folder.
+# test packages; the virtualenv is build/wheel-venvs/check (so one check at a time), the tests
+# run from a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,7 +24,7 @@ if [[ "${1:-}" == --mismatch ]]; then
   shift
 fi
 if [[ $# -ne 1 || ! -f "$1" || "$1" != *.whl ]]; then
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,17p' "$0" >&2
   echo "check_wheel: expected one argument, the path of a .whl file; got: $*" >&2
   exit 2
 fi
