@@ -46,8 +46,10 @@ format: $(STAMP)
 bench: $(STAMP)     ## CPU benchmark of the op (JSON under results/)
 	$(PY) benchmarks/bench_mask.py
 
-wheel: $(STAMP)     ## a cluster wheel: sm_80/90/100 + PTX, version tagged +cuXXXtorchX.Y
-	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0+PTX" $(PY) -m pip wheel . --no-build-isolation --no-deps -w dist/
+# dist/mlmfast-<ver>+cuXXXtorchX.Y-cp311-abi3-linux_x86_64.whl for the venv's torch (TORCH_CUDA_ARCH_LIST,
+# default sm_80/90/100 + PTX); MLMFAST_NO_CUDA=1 make wheel: the +cpu wheel. docs/wheels.md
+wheel: $(STAMP)     ## a cluster wheel for the venv's torch, tagged +cuXXXtorchX.Y
+	bash scripts/build_wheel.sh $(PY)
 
 clean:
 	rm -rf build dist *.egg-info mlmfast/_C*.so mlmfast/_version_build.py

@@ -7,12 +7,26 @@ Switches (environment variables), in the spirit of flash-attention / xformers:
                          fails if no CUDA toolkit is found
   TORCH_CUDA_ARCH_LIST   e.g. "9.0" or "8.0;9.0;10.0+PTX" (default: 8.0;9.0;10.0+PTX)
   MAX_JOBS               parallel compile jobs for ninja
-  DEBUG=1                -O0 -g, device debug info, no -DNDEBUG
-  CUDA_HOME              CUDA toolkit root (auto-detection can pick the wrong one)
+  DEBUG=1                -O0 -g, device debug info, no -DNDEBUG, the .so not stripped
+                         (a release build compiles with -g0 and links with -s)
+  CUDA_HOME              CUDA toolkit root; see resolve_cuda_home() for the rule when unset
   MLMFAST_LOCAL_VERSION=0  do not append +cuXXXtorchX.Y to the version
 
 Build with `pip install -e . --no-build-isolation` (torch must already be installed;
-it is never a build requirement).
+it is never a build requirement), a wheel with `make wheel` or
+`pip wheel . --no-build-isolation --no-deps -w dist/`, an sdist with `python -m build --sdist`
+(torch not needed for that one).
+
+The extension is compiled against one torch's C++ ABI, so a build records what it was built for
+in mlmfast/_version_build.py (torch X.Y, its CUDA version, the architectures), requires
+`torch==X.Y.*`, and `import mlmfast` refuses another torch before loading _C
+(mlmfast/build_check.py).
+
+Wheel tag: cp311-abi3. The extension uses only the Python limited API (csrc/ops.cpp creates the
+module with PyModule_Create, no pybind11, no libtorch_python), so one binary serves every
+CPython >= 3.11. abi3 says nothing about torch's C++ ABI, which no wheel tag can express: that
+is what the `+cuXXXtorchX.Y` local version, the `torch==X.Y.*` requirement and the import-time
+check are for.
 
 On x86-64 the CPU kernel is built three times over, each instruction set's translation unit with
 its own flags (csrc/cpu/kernel_portable.cpp with none, kernel_avx2.cpp, kernel_avx512.cpp); the
@@ -32,6 +46,9 @@ from setuptools import setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BASE_VERSION = "0.1.0"
 DEFAULT_ARCHS = "8.0;9.0;10.0+PTX"
+DESCRIPTION = "Fused C++/CUDA masking for BERT-style masked-language-model training"
+DEPENDENCIES = ["numpy", "tqdm", "transformers>=4.46"]  # and the torch of the build
+TORCH_ANY = "torch>=2.4"  # an sdist's requirement: any torch the sources build against
 
 
 # The CPU kernels compiled with instruction-set flags, and their flags; csrc/cpu/dispatch.cpp
@@ -81,15 +98,29 @@ def _check_isa_symbols(obj: str, isa: str) -> None:
         )
 
 
-def _build_ext_class(BuildExtension, isa_kernels: dict):
+def _build_ext_class(BuildExtension, isa_kernels: dict, record: str):
     """torch's BuildExtension (ninja), which first compiles each kernel of `isa_kernels` with its
-    own flags and links the objects in as extra objects.
+    own flags and links the objects in as extra objects, then writes `record` (the text of
+    mlmfast/_version_build.py) beside the built extension.
 
     setuptools compiles an extension's sources with one set of flags, hence the kernels' own
     compile step. Objects rather than static libraries: they link whole and in order, with no
     archive step and no question of which members the linker pulls in."""
 
     class BuildExt(BuildExtension.with_options(use_ninja=True)):
+        def run(self):
+            # setuptools skips linking when the library in build/ is newer than the sources, even
+            # if it was built with other switches (a CUDA wheel, then a +cpu one): always relink.
+            # ninja still recompiles only the objects whose command line or inputs changed.
+            self.force = True
+            super().run()
+            # The record goes where this build's _C goes: the source tree for an editable or
+            # in-place build, build/lib (so the wheel) otherwise. A wheel build must not rewrite
+            # the record of the checkout's own in-place build.
+            base = ROOT if self.inplace else self.build_lib
+            with open(os.path.join(base, "mlmfast", "_version_build.py"), "w") as f:
+                f.write(record)
+
         def build_extension(self, ext):
             objects = []
             for isa, (source, flags) in isa_kernels.items():
@@ -115,11 +146,50 @@ def _build_ext_class(BuildExtension, isa_kernels: dict):
     return BuildExt
 
 
+def _has_nvcc(root: str | None) -> bool:
+    return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc"))
+
+
+def resolve_cuda_home(
+    environ: dict | None = None, default: str = "/usr/local/cuda"
+) -> tuple[str | None, str]:
+    """The CUDA toolkit to build with, and where that choice came from; the one rule for every
+    build (make install, make wheel, scripts/bootstrap.sh, CI, pip by hand).
+
+    1. $CUDA_HOME when it has bin/nvcc (an explicit one without nvcc is an error, in main());
+    2. `default`, /usr/local/cuda, when it has bin/nvcc;
+    3. torch's own detection ($CUDA_PATH, then the nvcc on PATH).
+    Step 2 comes before torch's guess because that guess takes the parent of the nvcc on PATH,
+    which for a wrapper such as /usr/local/bin/nvcc is /usr/local: no lib64/libcudart there, and
+    the link fails with `cannot find -lcudart`."""
+    env = (os.environ if environ is None else environ).get("CUDA_HOME")
+    if env:
+        return env, "$CUDA_HOME"
+    if _has_nvcc(default):
+        return default, f"{default} has bin/nvcc"
+    return None, "torch's detection"
+
+
+def _sdist_setup() -> None:
+    """An sdist, or metadata without a build: the base version, no extension, torch unpinned (a
+    build from the sdist pins the torch it is built against)."""
+    setup(
+        version=BASE_VERSION, description=DESCRIPTION, install_requires=[TORCH_ANY, *DEPENDENCIES]
+    )
+
+
 def main() -> None:
+    # An sdist is the sources, for any torch: no torch, no compiler, no local version.
+    commands = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if "sdist" in commands:
+        _sdist_setup()
+        return
     try:
         import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
+        if commands == ["egg_info"]:  # an isolated build's first step (get_requires_for_build)
+            _sdist_setup()
+            return
         sys.exit(
             "mlmfast: torch must be installed before building (pip install torch), "
             "then `pip install -e . --no-build-isolation`."
@@ -128,9 +198,25 @@ def main() -> None:
     debug = _flag("DEBUG")
     no_cuda = _flag("MLMFAST_NO_CUDA")
     force_cuda = _flag("FORCE_CUDA")
-    cuda_home = os.environ.get("CUDA_HOME") or CUDA_HOME
     torch_has_cuda = torch.version.cuda is not None
-    toolkit = cuda_home is not None and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+    wants_cuda = not no_cuda and (force_cuda or torch_has_cuda)
+
+    cuda_home, cuda_home_from = resolve_cuda_home()
+    if cuda_home_from == "$CUDA_HOME" and not _has_nvcc(cuda_home) and wants_cuda:
+        sys.exit(
+            f"mlmfast: CUDA_HOME={cuda_home!r} has no bin/nvcc: point it at a CUDA toolkit "
+            "(e.g. /usr/local/cuda), unset it, or set MLMFAST_NO_CUDA=1 for a CPU-only build."
+        )
+    if cuda_home is not None:
+        # before torch.utils.cpp_extension is imported: it reads CUDA_HOME once, at import
+        os.environ["CUDA_HOME"] = cuda_home
+    import torch.utils.cpp_extension as cpp_extension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    if cuda_home is None:
+        cuda_home = cpp_extension.CUDA_HOME
+    cpp_extension.CUDA_HOME = cuda_home
+    toolkit = _has_nvcc(cuda_home)
 
     if no_cuda:
         build_cuda, why = False, "MLMFAST_NO_CUDA=1"
@@ -140,7 +226,10 @@ def main() -> None:
                 f"mlmfast: FORCE_CUDA=1 but no nvcc under CUDA_HOME={cuda_home!r}; set CUDA_HOME."
             )
         if not torch_has_cuda:
-            sys.exit("mlmfast: FORCE_CUDA=1 but the installed torch is a CPU-only build.")
+            sys.exit(
+                f"mlmfast: FORCE_CUDA=1 but the installed torch {torch.__version__} is a CPU-only "
+                "build: install a CUDA build of torch, or set MLMFAST_NO_CUDA=1 for a +cpu build."
+            )
         build_cuda, why = True, "FORCE_CUDA=1"
     elif torch_has_cuda and toolkit:
         build_cuda, why = True, "torch has CUDA and a toolkit was found"
@@ -152,17 +241,20 @@ def main() -> None:
             else f"no CUDA toolkit (CUDA_HOME={cuda_home!r})"
         )
 
-    if build_cuda:
-        os.environ["CUDA_HOME"] = cuda_home
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    if build_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    arch_list = os.environ["TORCH_CUDA_ARCH_LIST"] if build_cuda else ""
 
-    cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
+    # Python's sysconfig CFLAGS carry -g, which setuptools passes first: -g0 after it wins, and
+    # -s links without the symbol table (the dynamic symbols stay). A release .so is about a
+    # third of the size (docs/wheels.md).
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG", "-g0"]
     cxx += ["-fvisibility=hidden"]  # the C++ standard is the one torch asks for
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-DNDEBUG", "-lineinfo"]
     # --fmad=false: no float contraction, so any float arithmetic is reproducible across backends
     # (the masking decisions themselves are integer-only).
     nvcc += ["--fmad=false", "--expt-relaxed-constexpr"]
+    link = [] if debug else ["-s"]
 
     isa_kernels = ISA_KERNELS if _x86_64_unix() else {}
     isa_sources = {source for source, _ in ISA_KERNELS.values()}
@@ -188,6 +280,7 @@ def main() -> None:
             define_macros=define_macros,
             depends=depends,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
             py_limited_api=True,
         )
     else:
@@ -198,26 +291,32 @@ def main() -> None:
             define_macros=define_macros,
             depends=depends,
             extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
             py_limited_api=True,
         )
 
+    tv = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    torch_xy = f"{tv.group(1)}.{tv.group(2)}"
+    cuda_version = torch.version.cuda if build_cuda else None
     version = BASE_VERSION
     if os.environ.get("MLMFAST_LOCAL_VERSION", "1") != "0":
-        tv = re.match(r"(\d+)\.(\d+)", torch.__version__)
-        tag = f"torch{tv.group(1)}.{tv.group(2)}"
-        cu = f"cu{torch.version.cuda.replace('.', '')}" if build_cuda else "cpu"
-        version = f"{BASE_VERSION}+{cu}{tag}"
+        cu = f"cu{cuda_version.replace('.', '')}" if build_cuda else "cpu"
+        version = f"{BASE_VERSION}+{cu}torch{torch_xy}"
+    built_for = f"torch {torch_xy}, " + (
+        f"CUDA {cuda_version}, TORCH_CUDA_ARCH_LIST {arch_list}" if build_cuda else "CPU only"
+    )
 
     print("=" * 72)
     print("mlmfast build configuration")
     print(f"  version              {version}")
     print(f"  torch                {torch.__version__} (CUDA {torch.version.cuda})")
-    print(f"  CUDA_HOME            {cuda_home}")
+    print(f"  requires             torch=={torch_xy}.*")
+    print(f"  CUDA_HOME            {cuda_home} ({cuda_home_from})")
     print(f"  CUDA sources         {'built' if build_cuda else 'skipped'} ({why})")
     if build_cuda:
-        print(f"  TORCH_CUDA_ARCH_LIST {os.environ['TORCH_CUDA_ARCH_LIST']}")
+        print(f"  TORCH_CUDA_ARCH_LIST {arch_list}")
     print(f"  MAX_JOBS             {os.environ.get('MAX_JOBS', '(ninja default)')}")
-    print(f"  DEBUG                {debug}")
+    print(f"  DEBUG                {debug} ({'-g, not stripped' if debug else '-g0, stripped'})")
     print(f"  sources              {', '.join(sources)}")
     for isa, (source, flags) in isa_kernels.items():
         print(f"  {isa + ' kernel':<20} {source} {' '.join(flags)}")
@@ -225,13 +324,21 @@ def main() -> None:
         print("  CPU kernels          portable only (not x86-64)")
     print("=" * 72)
 
-    with open(os.path.join(ROOT, "mlmfast", "_version_build.py"), "w") as f:
-        f.write(f'__version__ = "{version}"\nbuilt_with_cuda = {build_cuda}\n')
+    record = (
+        "# Written by setup.py: what this build of mlmfast._C was compiled against.\n"
+        f'__version__ = "{version}"\n'
+        f"built_with_cuda = {build_cuda}\n"
+        f'torch_version = "{torch_xy}"  # X.Y of the torch whose C++ ABI _C uses\n'
+        f"cuda_version = {cuda_version!r}  # that torch's CUDA; None: CPU-only build\n"
+        f'cuda_arch_list = "{arch_list}"  # TORCH_CUDA_ARCH_LIST\n'
+    )
 
     setup(
         version=version,
+        description=f"{DESCRIPTION} (built for {built_for})",
+        install_requires=[f"torch=={torch_xy}.*", *DEPENDENCIES],
         ext_modules=[ext],
-        cmdclass={"build_ext": _build_ext_class(BuildExtension, isa_kernels)},
+        cmdclass={"build_ext": _build_ext_class(BuildExtension, isa_kernels, record)},
         options={"bdist_wheel": {"py_limited_api": "cp311"}},
     )
 

@@ -1,8 +1,16 @@
 """mlmfast: fused C++/CUDA masking for BERT-style masked-language-model training."""
 
-from mlmfast import ops
-from mlmfast.collator import DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
-from mlmfast.ops import (
+from mlmfast.build_check import check_torch
+
+# Before _C is loaded: another torch than the build's would fail there with an undefined symbol.
+check_torch()
+
+from mlmfast import ops  # noqa: E402
+from mlmfast.collator import (  # noqa: E402
+    DataCollatorForLanguageModeling,
+    DataCollatorForWholeWordMask,
+)
+from mlmfast.ops import (  # noqa: E402
     MaskOutput,
     SpanCorruptOutput,
     compute_input_and_target_lengths,
@@ -12,7 +20,7 @@ from mlmfast.ops import (
     span_corrupt,
     span_corruption_lengths,
 )
-from mlmfast.span_collator import DataCollatorForSpanCorruption
+from mlmfast.span_collator import DataCollatorForSpanCorruption  # noqa: E402
 
 try:
     from mlmfast._version_build import __version__, built_with_cuda

@@ -25,13 +25,24 @@ def _info(args: argparse.Namespace) -> int:
     import torch
 
     import mlmfast
+    from mlmfast import _C, fatbin
 
+    try:
+        from mlmfast import _version_build as build
+    except ImportError:  # a source tree without a build record
+        build = None
     has = torch._C._dispatch_has_kernel_for_dispatch_key
     info = {
         "mlmfast": mlmfast.__version__,
+        "location": mlmfast.__file__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
+        "built_for_torch": getattr(build, "torch_version", None),
+        "built_for_cuda": getattr(build, "cuda_version", None),
         "built_with_cuda": mlmfast.built_with_cuda,
+        "torch_cuda_arch_list": getattr(build, "cuda_arch_list", None),
+        # read from the library itself (its .nv_fatbin section), not from the build record
+        "cuda_archs": fatbin.cuda_archs(_C.__file__),
         "kernels": {k: has("mlmfast::mask_tokens", k) for k in ("CPU", "CUDA")},
         "cuda_available": torch.cuda.is_available(),
     }
@@ -242,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser(
         "info",
         help="build configuration and available kernels",
-        description="Print the version, the torch mlmfast was built for and which backends "
-        "(CPU, CUDA) have kernels, as JSON.",
+        description="Print, as JSON, the version and location of mlmfast, the torch it runs "
+        "with and the one it was built for, the GPU architectures its library carries (sm_XY: "
+        "native code, compute_XY: PTX for newer GPUs) and which backends have kernels.",
     )
     i.set_defaults(func=_info)
     # Larger commands live beside their code: each module has add_parser(sub), which adds its

