@@ -8,7 +8,8 @@ it is ~40x slower). Each configuration writes a fresh shard directory; tokens/s 
 user waits for). A "process" is one core: the tokenizer's own thread pool is off
 (TOKENIZERS_PARALLELISM=false) so that 1 and 2 processes compare one core with two; the single
 process with the tokenizer's threads is reported too. The shards of every configuration are
-checked to be byte-identical to the single process's. Median of ``--rounds``.
+checked to be byte-identical to the single process's. Median of ``--rounds``, after an untimed
+warm-up run (imports and first model loads).
 
   local_np1        prepare(num_proc=1)
   local_np1_threads  the same with the tokenizer's own threads (its default)
@@ -70,6 +71,8 @@ def _same(a: str, b: str, manifest: dict) -> bool:
 
 def bench(tmp: str, docs: int, pos: bool, rounds: int) -> dict:
     out: dict = {"documents": docs, "pos": pos}
+    # untimed: the imports (transformers, spaCy) and the models' first load go to no configuration
+    _run("local_np1", os.path.join(tmp, f"warm-{int(pos)}"), 20, pos)
     reference = None
     for _ in range(rounds):  # interleaved: every configuration once per round
         for name in CONFIGS:
@@ -99,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--pos-docs", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--no-pos", action="store_true", help="skip the --pos measurement")
+    p.add_argument("--no-plain", action="store_true", help="skip the measurement without --pos")
     p.add_argument("--json", default="results/bench_prepare.json")
     args = p.parse_args(argv)
     docs = args.docs or (3000 if args.quick else 20000)
@@ -116,7 +120,9 @@ def main(argv=None) -> int:
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for pos, n in ((False, docs), *(() if args.no_pos else ((True, pos_docs),))):
+        todo = [] if args.no_plain else [(False, docs)]
+        todo += [] if args.no_pos else [(True, pos_docs)]
+        for pos, n in todo:
             r = bench(tmp, n, pos, rounds)
             results["runs"].append(r)
             label = "--pos" if pos else "plain"
