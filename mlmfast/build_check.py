@@ -83,4 +83,22 @@ def check_torch() -> None:
         torch.version.cuda,
     )
     if problem is not None:
+        _one_line_if_uncaught()
         raise TorchMismatchError(problem)
+
+
+def _one_line_if_uncaught() -> None:
+    """Left uncaught (``mlmfast info``, a script's ``import mlmfast``), the error prints as its
+    one line on stderr, not as a traceback through the import machinery; other exceptions, and
+    ones a caller catches, are untouched."""
+    import sys
+
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, TorchMismatchError):
+            print(f"{kind.__name__}: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook

@@ -76,8 +76,8 @@ if [[ $mode == mismatch ]]; then
     exit 1
   fi
   if [[ "$last" != *TorchMismatchError:*"was built for torch"*"is installed: pip install"* ]] \
-    || grep -q "undefined symbol" "$WORK/stderr"; then
-    echo "check_wheel: FAILED: not the torch check's message:" >&2
+    || grep -q "undefined symbol" "$WORK/stderr" || [[ $(wc -l <"$WORK/stderr") != 1 ]]; then
+    echo "check_wheel: FAILED: not the torch check's one line:" >&2
     cat "$WORK/stderr" >&2
     exit 1
   fi

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import struct
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -81,6 +82,7 @@ class TestCheckTorch:
     def test_a_record_for_another_torch_raises(self, monkeypatch):
         other = "1.0"
         record = _record(__version__="0.1.0+cputorch1.0", torch_version=other, cuda_version=None)
+        monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
         monkeypatch.setitem(sys.modules, "mlmfast._version_build", record)
         monkeypatch.setattr(mlmfast, "_version_build", record, raising=False)
         with pytest.raises(
@@ -94,6 +96,21 @@ class TestCheckTorch:
         monkeypatch.setitem(sys.modules, "mlmfast._version_build", record)
         monkeypatch.setattr(mlmfast, "_version_build", record, raising=False)
         build_check.check_torch()
+
+    def test_uncaught_it_prints_one_line(self):
+        """``import mlmfast`` next to another torch, left uncaught (a script, ``mlmfast info``):
+        one line on stderr, no traceback."""
+        code = (
+            "import types, mlmfast, mlmfast.build_check as b\n"
+            "mlmfast._version_build = types.SimpleNamespace("
+            "__version__='0.1.0+cputorch1.0', torch_version='1.0', cuda_version=None)\n"
+            "b.check_torch()\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("TorchMismatchError: mlmfast 0.1.0+cputorch1.0 was built for")
 
     def test_is_an_import_error(self):
         assert issubclass(TorchMismatchError, ImportError)
