@@ -1,0 +1,177 @@
+// Span masking (SpanBERT) for mask_tokens(mode="span"), in one place. The CPU kernel
+// (cpu/span_rows.cpp) and the CUDA kernel (cuda/span_mask_kernels.cuh) call span_mask_row and
+// nothing else to mask a row; mlmfast/reference.py mirrors it. Change the rule here and there.
+//
+// Units. Positions count from the row's first attended token (rel), as in masking.h. A word is a
+// maximal stretch of consecutive eligible tokens with one word id >= 0; an eligible token with
+// word id -1 (or any token without word_ids) is a word of its own. A run is a maximal stretch of
+// consecutive eligible tokens: specials, padding and unattended tokens end runs, so no span
+// crosses them. The row's words are numbered 0 .. W - 1 in position order.
+//
+// Budget. k = exact_budget(n * t_select): round half up of p * n for the n eligible tokens, with
+// p as its 32-bit threshold, at least 1 when n > 0 and p > 0 (exact mode's budget, masking.h).
+//
+// Sequential rule (SpanBERT's). Attempt a = 0, 1, ... while fewer than k tokens are masked and
+// a < span_attempts(k) = min(64 + 16 k, 2^29):
+//   r = Philox4x32-10 at counter (kTagSelect | kSpanAttempt | a, epoch, sample id low, high);
+//   length l = 1 + #{j < n_span - 1 : r.x >= span_cdf[j]} (span_cdf: the cumulative distribution
+//     of the lengths 1 .. n_span as uint32 thresholds floor(F(j + 1) * 2^32), computed once in
+//     Python (mlmfast.ops.span_length_thresholds) so that every backend compares the same
+//     integers);
+//   start word s = floor((r.y * 2^32 + r.z) * W / 2^64) (the 64-bit multiply, as span_corrupt);
+//   rejected when words s .. s + l - 1 leave the run of s (or the row), or one of them is masked;
+//   else truncated to its longest prefix of whole words whose tokens fit the remaining budget
+//   (SpanBERT stops at the budget), rejected if not even its first word fits; else masked.
+// Attempts have fixed counters, so a row's mask is a function of (seed, epoch, sample id, its
+// tokens, word ids and eligibility), whatever its batch, padding side, threads or device. When the
+// attempts run out first (rows of tiny runs, p near 1) the row keeps fewer than k tokens.
+//
+// Counter tag. masking.h's selection draws use indices rel >> 2 < 2^28 (rows are shorter than
+// 2^30 tokens), so the selection tag's indices with bit 29 set are free: span attempts use
+// kTagSelect | 2^29 | a, a < 2^29. The tags 1-3 are taken (words, 80/10/10, span corruption).
+//
+// 80/10/10. By default one decision per span: the category draw is r.x of the 80/10/10 block
+// (kTagReplace | rel) of the span's first token, and a "random" span takes for each token the
+// random id of its own block's r.y (random_token, never a special id unless asked). With
+// span_token_replace each token decides alone, exactly as masking.h's replacement().
+#pragma once
+
+#include <cstdint>
+
+#include "mask_inputs.h"
+#include "masking.h"
+
+namespace mlmfast {
+
+constexpr uint32_t kSpanAttempt = 1u << 29;
+constexpr uint64_t kMaxSpanAttempts = uint64_t(1) << 29;
+static_assert((kMaxRowLength >> 2) <= int64_t(kSpanAttempt),
+              "selection blocks must stay below the span-attempt sub-tag");
+
+// The attempt bound of a row with budget k.
+MLMFAST_HD uint64_t span_attempts(uint64_t k) {
+  const uint64_t a = 64 + 16 * k;
+  return a < kMaxSpanAttempts ? a : kMaxSpanAttempts;
+}
+
+// Span length (in words) of the draw u.
+MLMFAST_HD int32_t span_length_of(const MaskParams& P, uint32_t u) {
+  int32_t len = 1;
+  for (int32_t j = 0; j + 1 < P.n_span; ++j) len += u >= P.span_cdf[j] ? 1 : 0;
+  return len;
+}
+
+// floor((hi * 2^32 + lo) * range / 2^64) for range < 2^32, exactly, in 64-bit pieces.
+MLMFAST_HD uint64_t span_uniform(uint32_t hi, uint32_t lo, uint64_t range) {
+  return (static_cast<uint64_t>(hi) * range + ((static_cast<uint64_t>(lo) * range) >> 32)) >> 32;
+}
+
+// Working memory of one row: four int32 arrays of (at least) the row length.
+struct SpanScratch {
+  int32_t* wstart;    // first rel of word w
+  int32_t* wend;      // one past its last rel
+  int32_t* run_last;  // the last word of w's run
+  int32_t* mark;      // 0: not masked; else 1 + rel of the first token of w's span
+};
+
+MLMFAST_HD bool span_eligible(const MaskInputs& in, const MaskParams& P, int64_t flat, int64_t id) {
+  if (in.attention && !load_flag(in.attention, in.attention_kind, flat)) return false;
+  if (in.special_mask && load_flag(in.special_mask, in.special_mask_kind, flat)) return false;
+  return !is_special(P, id);
+}
+
+// What a token of a masked span becomes: `x` is the category draw of the span (r.x of the block
+// of its first token), rel the token's position.
+MLMFAST_HD int64_t span_replacement(const MaskParams& P, const RowKey& k, uint32_t x, uint32_t rel,
+                                    int64_t original) {
+  if (P.t_mask >= kOne) return P.mask_token_id;
+  if (P.t_mask == 0 && P.t_random == 0) return original;
+  if (hits(x, P.t_mask)) return P.mask_token_id;
+  if (hits(x, P.t_mask + P.t_random))
+    return random_token(P, philox_at(k, kTagReplace | (rel & kIndexMask)).y);
+  return original;
+}
+
+// Masks row `row` (ids: its L tokens; out/lab: its outputs, which may alias ids) by the rule above.
+template <typename T, typename TO>
+MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const RowKey& key,
+                              int64_t row, const T* ids, TO* out, TO* lab, const SpanScratch& S) {
+  const int64_t L = in.length, base = row * L;
+  int64_t start = 0;
+  if (in.attention) {
+    while (start < L && !load_flag(in.attention, in.attention_kind, base + start)) ++start;
+  }
+  // words and runs; every token passes through unless a span takes it
+  int64_t W = 0, n = 0, prev_word = -1;
+  bool prev_eligible = false;
+  for (int64_t j = 0; j < L; ++j) {
+    const T v = ids[j];
+    out[j] = static_cast<TO>(v);
+    lab[j] = static_cast<TO>(kIgnoreIndex);
+    if (j < start) continue;
+    const bool e = span_eligible(in, P, base + j, static_cast<int64_t>(v));
+    if (e) {
+      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, base + j) : -1;
+      const int32_t rel = static_cast<int32_t>(j - start);
+      if (prev_eligible && w >= 0 && w == prev_word) {
+        S.wend[W - 1] = rel + 1;
+      } else {
+        S.wstart[W] = rel;
+        S.wend[W] = rel + 1;
+        S.mark[W] = 0;
+        ++W;
+      }
+      prev_word = w;
+      ++n;
+    }
+    prev_eligible = e;
+  }
+  for (int64_t w = W - 1; w >= 0; --w)
+    S.run_last[w] =
+        (w + 1 < W && S.wstart[w + 1] == S.wend[w]) ? S.run_last[w + 1] : static_cast<int32_t>(w);
+  const uint64_t k = exact_budget(static_cast<uint64_t>(n) * P.t_select, n > 0 && P.t_select > 0);
+  const uint64_t attempts = span_attempts(k);
+  uint64_t count = 0;
+  for (uint64_t a = 0; a < attempts && count < k; ++a) {
+    const u32x4 r = philox_at(key, kTagSelect | kSpanAttempt | static_cast<uint32_t>(a));
+    const int64_t len = span_length_of(P, r.x);
+    const int64_t s = static_cast<int64_t>(span_uniform(r.y, r.z, static_cast<uint64_t>(W)));
+    const int64_t e = s + len - 1;
+    if (S.run_last[s] < e) continue;  // leaves the run (run_last < W, so also the row)
+    bool free = true;
+    for (int64_t w = s; w <= e && free; ++w) free = S.mark[w] == 0;
+    if (!free) continue;
+    const int64_t room = static_cast<int64_t>(k - count);
+    int64_t m = 0;
+    while (m < len && S.wend[s + m] - S.wstart[s] <= room) ++m;
+    if (m == 0) continue;
+    for (int64_t w = s; w < s + m; ++w) S.mark[w] = S.wstart[s] + 1;
+    count += static_cast<uint64_t>(S.wend[s + m - 1] - S.wstart[s]);
+  }
+  // labels and 80/10/10, one category draw per span (per token with span_token_replace)
+  int32_t head = -1;
+  uint32_t x = 0;
+  for (int64_t w = 0; w < W; ++w) {
+    if (S.mark[w] == 0) continue;
+    for (int32_t rel = S.wstart[w]; rel < S.wend[w]; ++rel) {
+      const int64_t j = start + rel;
+      const int64_t original = static_cast<int64_t>(ids[j]);
+      int64_t v;
+      if (P.span_token_replace) {
+        v = replacement(P, key, static_cast<uint32_t>(rel), original);
+      } else {
+        if (S.mark[w] - 1 != head) {
+          head = S.mark[w] - 1;
+          x = P.t_mask >= kOne || (P.t_mask == 0 && P.t_random == 0)
+                  ? 0u
+                  : philox_at(key, kTagReplace | (static_cast<uint32_t>(head) & kIndexMask)).x;
+        }
+        v = span_replacement(P, key, x, static_cast<uint32_t>(rel), original);
+      }
+      lab[j] = static_cast<TO>(original);
+      out[j] = static_cast<TO>(v);
+    }
+  }
+}
+
+}  // namespace mlmfast
