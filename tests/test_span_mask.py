@@ -15,6 +15,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cuda_emulated import check as check_emulated
+from test_cuda_emulated import emu  # noqa: F401  (the fixture)
 from test_mask_tokens import (
     BERT,
     CLS,
@@ -364,6 +366,38 @@ class TestOpMatchesReference:
         ids, att = bert_batch(4, 40, seed=45)
         out = mlmfast.mask_tokens(ids, attention_mask=att, seed=1, return_positions=True, **SPAN)
         assert torch.equal(out.positions, torch.nonzero(out.labels.reshape(-1) != -100)[:, 0])
+
+
+# ---- the CUDA kernel through the CPU emulation (tests/cuda_emu) ---------------------------------
+
+
+@settings(max_examples=100, **HYPOTHESIS)
+@given(case=span_cases(max_batch=4), form=st.sampled_from(["out", "inplace", "widen"]))
+def test_emulated_cuda_matches_reference(emu, case, form):  # noqa: F811
+    ids, kwargs = case
+    check_emulated(emu, ids, kwargs, form if form != "widen" or ids.dtype == torch.int32 else "out")
+
+
+def test_emulated_cuda_many_blocks_long_rows_rng_state(emu):  # noqa: F811
+    """More rows than a block's 128 threads, left padding, long rows, the device rng_state."""
+    ids, att, words = word_rows(300, 40, seed=51)
+    kwargs = {"attention_mask": att, "word_ids": words, "seed": 52, **SPAN}
+    check_emulated(emu, ids, kwargs)
+    check_emulated(emu, ids.int(), kwargs, "widen")
+    shifts = (40 - att.sum(1)).tolist()
+    left = {
+        "attention_mask": torch.stack([r.roll(s) for r, s in zip(att, shifts, strict=True)]),
+        "word_ids": torch.stack([r.roll(s) for r, s in zip(words, shifts, strict=True)]),
+    }
+    left_ids = torch.stack([r.roll(s) for r, s in zip(ids, shifts, strict=True)])
+    check_emulated(emu, left_ids, {**kwargs, **left}, "inplace")
+    ids, att, words = word_rows(2, 3000, seed=53)
+    check_emulated(emu, ids, {"attention_mask": att, "word_ids": words, "seed": 54, **SPAN})
+    ids, att = bert_batch(4, 40, seed=55)
+    state = torch.tensor([2**62 + 7, 11])
+    check_emulated(emu, ids, {"attention_mask": att, "rng_state": state, **SPAN})
+    for shape in ((0, 5), (3, 0)):
+        check_emulated(emu, torch.empty(shape, dtype=torch.int64), SPAN)
 
 
 class TestOpErrors:

@@ -13,17 +13,26 @@
 #include <vector>
 
 #include "mask_tokens.h"
+#include "span_mask.h"
 
 namespace mlmfast {
 namespace {
 
 #include "cuda/mask_kernels.cuh"
+#include "cuda/span_mask_kernels.cuh"
 
 template <typename T>
 void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab, c10::Device device,
             cudaStream_t stream) {
   const int64_t B = in.batch, L = in.length;
-  if (in.exact) {
+  if (P.n_span > 0) {
+    // span mode: one thread per row, its working memory a slice of a buffer from the caching
+    // allocator (stream-ordered: freed here, reused only after the kernel)
+    const at::Tensor scratch = at::empty({B * span_mask_scratch_words(L)},
+                                         at::TensorOptions().dtype(at::kInt).device(device));
+    span_mask_kernel<T><<<span_mask_grid(B), kSpanMaskThreads, 0, stream>>>(
+        in, P, out, lab, scratch.data_ptr<int32_t>());
+  } else if (in.exact) {
     const size_t bytes = exact_shared_bytes(L);
     int optin = 0;
     C10_CUDA_CHECK(
