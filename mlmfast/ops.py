@@ -7,6 +7,7 @@ under ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Sequence
@@ -78,8 +79,6 @@ def span_length_thresholds(
     proportional to those weights of the lengths 1, 2, ... (Megatron's n-grams: ``[1, 1/2, 1/3]``).
     Computed in exact rational arithmetic, once, so CPU, CUDA and reference compare the same
     integers."""
-    from fractions import Fraction
-
     if span_lengths is not None:
         try:
             weights = [float(w) for w in span_lengths]
@@ -98,26 +97,37 @@ def span_length_thresholds(
             raise ValueError(
                 f"mask_tokens: span_lengths must have a positive weight, got {weights}"
             )
+        return list(_cdf_of_weights(tuple(weights), None, 0))
+    p = float(span_p)
+    if not 0.0 < p <= 1.0:  # NaN fails too
+        raise ValueError(f"mask_tokens: span_p must be in (0, 1], got {span_p!r}")
+    if isinstance(span_max, bool) or int(span_max) != span_max:
+        raise ValueError(f"mask_tokens: span_max must be an integer, got {span_max!r}")
+    if not 1 <= int(span_max) <= MAX_SPAN_WORDS:
+        raise ValueError(
+            f"mask_tokens: span_max must be in [1, {MAX_SPAN_WORDS}], got {span_max!r}"
+        )
+    return list(_cdf_of_weights(None, p, int(span_max)))
+
+
+@functools.lru_cache(maxsize=64)
+def _cdf_of_weights(weights: tuple[float, ...] | None, p: float | None, n: int) -> tuple[int, ...]:
+    """The thresholds of span_length_thresholds, in exact rational arithmetic (a fraction of a
+    millisecond, hence cached: the op's wrapper asks on every call)."""
+    from fractions import Fraction
+
+    if weights is not None:
         w = [Fraction(x) for x in weights]
     else:
-        p = float(span_p)
-        if not 0.0 < p <= 1.0:  # NaN fails too
-            raise ValueError(f"mask_tokens: span_p must be in (0, 1], got {span_p!r}")
-        if isinstance(span_max, bool) or int(span_max) != span_max:
-            raise ValueError(f"mask_tokens: span_max must be an integer, got {span_max!r}")
-        if not 1 <= int(span_max) <= MAX_SPAN_WORDS:
-            raise ValueError(
-                f"mask_tokens: span_max must be in [1, {MAX_SPAN_WORDS}], got {span_max!r}"
-            )
         q = Fraction(p)
-        w = [q * (1 - q) ** i for i in range(int(span_max))]
+        w = [q * (1 - q) ** i for i in range(n)]
     while w[-1] == 0:  # lengths past the last possible one: dropped, so every F(l) < 1
         w.pop()
     total, acc, out = sum(w), Fraction(0), []
     for x in w[:-1]:
         acc += x
         out.append(int(acc * 2**32 / total))  # floor of a non-negative rational
-    return out
+    return tuple(out)
 
 
 def _span_schema_args(mode, span_p, span_max, span_lengths, span_replace, pos_ids, pos_probs):
