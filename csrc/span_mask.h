@@ -74,12 +74,6 @@ struct SpanScratch {
   int32_t* mark;      // 0: not masked; else 1 + rel of the first token of w's span
 };
 
-MLMFAST_HD bool span_eligible(const MaskInputs& in, const MaskParams& P, int64_t flat, int64_t id) {
-  if (in.attention && !load_flag(in.attention, in.attention_kind, flat)) return false;
-  if (in.special_mask && load_flag(in.special_mask, in.special_mask_kind, flat)) return false;
-  return !is_special(P, id);
-}
-
 // What a token of a masked span becomes: `x` is the category draw of the span (r.x of the block
 // of its first token), rel the token's position.
 MLMFAST_HD int64_t span_replacement(const MaskParams& P, const RowKey& k, uint32_t x, uint32_t rel,
@@ -101,30 +95,41 @@ MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const R
   if (in.attention) {
     while (start < L && !load_flag(in.attention, in.attention_kind, base + start)) ++start;
   }
-  // words and runs; every token passes through unless a span takes it
+  // every token passes through unless a span takes it (out may be ids itself: same values)
+  for (int64_t j = 0; j < L; ++j) {
+    out[j] = static_cast<TO>(ids[j]);
+    lab[j] = static_cast<TO>(kIgnoreIndex);
+  }
+  // words and runs
+  const void* const att = in.attention;
+  const void* const smask = in.special_mask;
+  const void* const wids = in.word_ids;
+  const int32_t att_kind = in.attention_kind, smask_kind = in.special_mask_kind;
+  const int32_t word_kind = in.word_kind;
   int64_t W = 0, n = 0, prev_word = -1;
   bool prev_eligible = false;
-  for (int64_t j = 0; j < L; ++j) {
-    const T v = ids[j];
-    out[j] = static_cast<TO>(v);
-    lab[j] = static_cast<TO>(kIgnoreIndex);
-    if (j < start) continue;
-    const bool e = span_eligible(in, P, base + j, static_cast<int64_t>(v));
-    if (e) {
-      const int64_t w = in.word_ids ? load_word(in.word_ids, in.word_kind, base + j) : -1;
-      const int32_t rel = static_cast<int32_t>(j - start);
-      if (prev_eligible && w >= 0 && w == prev_word) {
-        S.wend[W - 1] = rel + 1;
-      } else {
-        S.wstart[W] = rel;
-        S.wend[W] = rel + 1;
-        S.mark[W] = 0;
-        ++W;
-      }
-      prev_word = w;
-      ++n;
+  for (int64_t j = start; j < L; ++j) {
+    const int64_t flat = base + j;
+    bool e = !is_special(P, static_cast<int64_t>(ids[j]));
+    if (att) e = e && load_flag(att, att_kind, flat);
+    if (smask) e = e && !load_flag(smask, smask_kind, flat);
+    if (!e) {
+      prev_eligible = false;
+      continue;
     }
-    prev_eligible = e;
+    const int64_t w = wids ? load_word(wids, word_kind, flat) : -1;
+    const int32_t rel = static_cast<int32_t>(j - start);
+    if (prev_eligible && w >= 0 && w == prev_word) {
+      S.wend[W - 1] = rel + 1;
+    } else {
+      S.wstart[W] = rel;
+      S.wend[W] = rel + 1;
+      S.mark[W] = 0;
+      ++W;
+    }
+    prev_word = w;
+    prev_eligible = true;
+    ++n;
   }
   for (int64_t w = W - 1; w >= 0; --w)
     S.run_last[w] =
