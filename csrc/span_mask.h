@@ -66,12 +66,12 @@ MLMFAST_HD uint64_t span_uniform(uint32_t hi, uint32_t lo, uint64_t range) {
   return (static_cast<uint64_t>(hi) * range + ((static_cast<uint64_t>(lo) * range) >> 32)) >> 32;
 }
 
-// Working memory of one row: four int32 arrays of (at least) the row length.
+// Working memory of one row: three int32 arrays of (at least) the row length. Words w and w + 1
+// are in one run exactly when wend[w] == wstart[w + 1] (a run's tokens are consecutive).
 struct SpanScratch {
-  int32_t* wstart;    // first rel of word w
-  int32_t* wend;      // one past its last rel
-  int32_t* run_last;  // the last word of w's run
-  int32_t* mark;      // 0: not masked; else 1 + rel of the first token of w's span
+  int32_t* wstart;  // first rel of word w
+  int32_t* wend;    // one past its last rel
+  int32_t* mark;    // 0: not masked; else 1 + rel of the first token of w's span
 };
 
 // What a token of a masked span becomes: `x` is the category draw of the span (r.x of the block
@@ -131,9 +131,6 @@ MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const R
     prev_eligible = true;
     ++n;
   }
-  for (int64_t w = W - 1; w >= 0; --w)
-    S.run_last[w] =
-        (w + 1 < W && S.wstart[w + 1] == S.wend[w]) ? S.run_last[w + 1] : static_cast<int32_t>(w);
   const uint64_t k = exact_budget(static_cast<uint64_t>(n) * P.t_select, n > 0 && P.t_select > 0);
   const uint64_t attempts = span_attempts(k);
   uint64_t count = 0;
@@ -142,10 +139,11 @@ MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const R
     const int64_t len = span_length_of(P, r.x);
     const int64_t s = static_cast<int64_t>(span_uniform(r.y, r.z, static_cast<uint64_t>(W)));
     const int64_t e = s + len - 1;
-    if (S.run_last[s] < e) continue;  // leaves the run (run_last < W, so also the row)
-    bool free = true;
-    for (int64_t w = s; w <= e && free; ++w) free = S.mark[w] == 0;
-    if (!free) continue;
+    if (e >= W) continue;  // leaves the row
+    bool fits = S.mark[s] == 0;
+    for (int64_t w = s + 1; w <= e && fits; ++w)  // inside the run of s, over free words
+      fits = S.wstart[w] == S.wend[w - 1] && S.mark[w] == 0;
+    if (!fits) continue;
     const int64_t room = static_cast<int64_t>(k - count);
     int64_t m = 0;
     while (m < len && S.wend[s + m] - S.wstart[s] <= room) ++m;

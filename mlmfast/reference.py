@@ -142,10 +142,6 @@ def _span_selection(eligible, words, t_select, cdf, draws, span_log):
                 prev_w = wd[j]
             prev_e = el[j]
         W, n = len(ws), sum(el)
-        run_last = list(range(W))
-        for w in reversed(range(W - 1)):
-            if ws[w + 1][0] == ws[w][1]:
-                run_last[w] = run_last[w + 1]
         k = (n * t_select + (ONE >> 1)) >> 32
         if k == 0 and n > 0 and t_select > 0:
             k = 1
@@ -160,7 +156,10 @@ def _span_selection(eligible, words, t_select, cdf, draws, span_log):
             length = 1 + sum(x >= c for c in cdf)
             s = (((y << 32) | z) * W) >> 64
             e = s + length - 1
-            if run_last[s] < e or any(mark[w] is not None for w in range(s, e + 1)):
+            if e >= W:  # leaves the row
+                continue
+            one_run = all(ws[w][0] == ws[w - 1][1] for w in range(s + 1, e + 1))
+            if not one_run or any(mark[w] is not None for w in range(s, e + 1)):
                 continue
             m = 0
             while m < length and ws[s + m][1] - ws[s][0] <= k - count:

@@ -16,10 +16,21 @@ inline void note_first(int64_t& first, int64_t flat) {
   if (flat < first) first = flat;
 }
 
+// Ids outside the vocabulary (attended tokens) and word ids >= 2^32, noted for the op's report:
+// a vectorisable screen of the row first, the exact scan only when it finds something.
 template <typename T>
 void check_row(const MaskInputs& in, const MaskParams& P, int64_t base, const T* ids,
                Problems& pr) {
-  for (int64_t j = 0; j < in.length; ++j) {
+  const int64_t L = in.length;
+  bool suspect = false;
+  for (int64_t j = 0; j < L; ++j)
+    suspect |= (ids[j] < 0) | (static_cast<int64_t>(ids[j]) >= P.vocab_size);
+  if (in.word_ids && in.word_kind == kInt64) {  // int32 word ids are always below 2^32
+    const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
+    for (int64_t j = 0; j < L; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
+  }
+  if (!suspect) return;
+  for (int64_t j = 0; j < L; ++j) {
     const int64_t flat = base + j;
     const bool attended = !in.attention || load_flag(in.attention, in.attention_kind, flat);
     const int64_t id = static_cast<int64_t>(ids[j]);
@@ -35,9 +46,8 @@ template <typename T, typename TO>
 void span_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1, TO* out, TO* lab,
                Problems& pr) {
   const int64_t L = in.length;
-  std::vector<int32_t> scratch(static_cast<size_t>(4 * L));
-  const SpanScratch S{scratch.data(), scratch.data() + L, scratch.data() + 2 * L,
-                      scratch.data() + 3 * L};
+  std::vector<int32_t> scratch(static_cast<size_t>(3 * L));
+  const SpanScratch S{scratch.data(), scratch.data() + L, scratch.data() + 2 * L};
   for (int64_t b = b0; b < b1; ++b) {
     const T* ids = static_cast<const T*>(in.ids) + b * L;
     check_row(in, P, b * L, ids, pr);

@@ -10,8 +10,8 @@ MLMFAST_HD unsigned span_mask_grid(int64_t batch) {
   return static_cast<unsigned>((batch + kSpanMaskThreads - 1) / kSpanMaskThreads);
 }
 
-// int32 words of working memory per row (span_mask.h's SpanScratch: four arrays of L).
-MLMFAST_HD int64_t span_mask_scratch_words(int64_t L) { return 4 * L; }
+// int32 words of working memory per row (span_mask.h's SpanScratch: three arrays of L).
+MLMFAST_HD int64_t span_mask_scratch_words(int64_t L) { return 3 * L; }
 
 // `scratch` holds span_mask_scratch_words(L) uninitialised words per row (span_mask_row writes
 // every entry it reads). Seed and epoch come from rng_state when given (read on the device, so a
@@ -31,5 +31,5 @@ __global__ void __launch_bounds__(kSpanMaskThreads)
   const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
   int32_t* s = scratch + b * span_mask_scratch_words(L);
   span_mask_row<T, T>(in, P, row_key(seed, epoch, sid), b, static_cast<const T*>(in.ids) + b * L,
-                      out + b * L, lab + b * L, SpanScratch{s, s + L, s + 2 * L, s + 3 * L});
+                      out + b * L, lab + b * L, SpanScratch{s, s + L, s + 2 * L});
 }
