@@ -97,7 +97,7 @@ def span_length_thresholds(
             raise ValueError(
                 f"mask_tokens: span_lengths must have a positive weight, got {weights}"
             )
-        return list(_cdf_of_weights(tuple(weights), None, 0))
+        return list(_span_cdf(tuple(weights), None, 0))
     p = float(span_p)
     if not 0.0 < p <= 1.0:  # NaN fails too
         raise ValueError(f"mask_tokens: span_p must be in (0, 1], got {span_p!r}")
@@ -107,7 +107,13 @@ def span_length_thresholds(
         raise ValueError(
             f"mask_tokens: span_max must be in [1, {MAX_SPAN_WORDS}], got {span_max!r}"
         )
-    return list(_cdf_of_weights(None, p, int(span_max)))
+    return list(_span_cdf(None, p, int(span_max)))
+
+
+@torch.compiler.assume_constant_result
+def _span_cdf(weights: tuple[float, ...] | None, p: float | None, n: int) -> tuple[int, ...]:
+    """_cdf_of_weights, a constant of the arguments for torch.compile (not traced)."""
+    return _cdf_of_weights(weights, p, n)
 
 
 @functools.lru_cache(maxsize=64)

@@ -400,6 +400,20 @@ def test_emulated_cuda_many_blocks_long_rows_rng_state(emu):  # noqa: F811
         check_emulated(emu, torch.empty(shape, dtype=torch.int64), SPAN)
 
 
+def test_compile_fullgraph(device):
+    """mode="span" traces under torch.compile(fullgraph=True): the length table is a constant."""
+    torch._dynamo.reset()
+
+    def fn(ids, attention_mask, word_ids):
+        return mlmfast.mask_tokens(
+            ids, attention_mask=attention_mask, word_ids=word_ids, seed=9, span_max=6, **SPAN
+        )
+
+    ids, att, words = word_rows(4, 50, seed=61)
+    ids, att, words = ids.to(device), att.to(device), words.to(device)
+    assert_same(torch.compile(fn, fullgraph=True)(ids, att, words), fn(ids, att, words))
+
+
 class TestOpErrors:
     def test_pos_ids_refused(self):
         ids, att = bert_batch(2, 16, seed=1)
