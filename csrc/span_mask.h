@@ -1,5 +1,5 @@
 // Span masking (SpanBERT) for mask_tokens(mode="span"), in one place. The CPU kernel
-// (cpu/span_rows.cpp) and the CUDA kernel (cuda/span_mask_kernels.cuh) call span_mask_row and
+// (cpu/span_rows.cpp) and the CUDA kernel (cuda/span_mask_kernels.cuh) call these functions and
 // nothing else to mask a row; mlmfast/reference.py mirrors it. Change the rule here and there.
 //
 // Units. Positions count from the row's first attended token (rel), as in masking.h. A word is a
@@ -86,52 +86,37 @@ MLMFAST_HD int64_t span_replacement(const MaskParams& P, const RowKey& k, uint32
   return original;
 }
 
-// Masks row `row` (ids: its L tokens; out/lab: its outputs, which may alias ids) by the rule above.
-template <typename T, typename TO>
-MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const RowKey& key,
-                              int64_t row, const T* ids, TO* out, TO* lab, const SpanScratch& S) {
-  const int64_t L = in.length, base = row * L;
-  int64_t start = 0;
-  if (in.attention) {
-    while (start < L && !load_flag(in.attention, in.attention_kind, base + start)) ++start;
+// The word table of a row, fed its eligible tokens in position order (span_add_token).
+struct SpanWords {
+  int64_t W = 0;           // words so far
+  int64_t n = 0;           // eligible tokens so far
+  int64_t prev_word = -1;  // word id of the last eligible token
+  int64_t prev_rel = -2;   // its position (-2: none yet)
+};
+
+// Eligible token at position rel with word id w (-1: none) extends the last word when it follows
+// that word's last token directly with the same word id >= 0, else starts a word.
+MLMFAST_HD void span_add_token(SpanWords& R, const SpanScratch& S, int32_t rel, int64_t w) {
+  if (R.prev_rel == rel - 1 && w >= 0 && w == R.prev_word) {
+    S.wend[R.W - 1] = rel + 1;
+  } else {
+    S.wstart[R.W] = rel;
+    S.wend[R.W] = rel + 1;
+    S.mark[R.W] = 0;
+    ++R.W;
   }
-  // every token passes through unless a span takes it (out may be ids itself: same values)
-  for (int64_t j = 0; j < L; ++j) {
-    out[j] = static_cast<TO>(ids[j]);
-    lab[j] = static_cast<TO>(kIgnoreIndex);
-  }
-  // words and runs
-  const void* const att = in.attention;
-  const void* const smask = in.special_mask;
-  const void* const wids = in.word_ids;
-  const int32_t att_kind = in.attention_kind, smask_kind = in.special_mask_kind;
-  const int32_t word_kind = in.word_kind;
-  int64_t W = 0, n = 0, prev_word = -1;
-  bool prev_eligible = false;
-  for (int64_t j = start; j < L; ++j) {
-    const int64_t flat = base + j;
-    bool e = !is_special(P, static_cast<int64_t>(ids[j]));
-    if (att) e = e && load_flag(att, att_kind, flat);
-    if (smask) e = e && !load_flag(smask, smask_kind, flat);
-    if (!e) {
-      prev_eligible = false;
-      continue;
-    }
-    const int64_t w = wids ? load_word(wids, word_kind, flat) : -1;
-    const int32_t rel = static_cast<int32_t>(j - start);
-    if (prev_eligible && w >= 0 && w == prev_word) {
-      S.wend[W - 1] = rel + 1;
-    } else {
-      S.wstart[W] = rel;
-      S.wend[W] = rel + 1;
-      S.mark[W] = 0;
-      ++W;
-    }
-    prev_word = w;
-    prev_eligible = true;
-    ++n;
-  }
-  const uint64_t k = exact_budget(static_cast<uint64_t>(n) * P.t_select, n > 0 && P.t_select > 0);
+  R.prev_word = w;
+  R.prev_rel = rel;
+  ++R.n;
+}
+
+// The attempts (the rule at the top of this file): marks the words of the accepted spans in
+// S.mark. Returns the tokens masked.
+MLMFAST_HD uint64_t span_select(const MaskParams& P, const RowKey& key, const SpanWords& R,
+                                const SpanScratch& S) {
+  const int64_t W = R.W;
+  const uint64_t k =
+      exact_budget(static_cast<uint64_t>(R.n) * P.t_select, R.n > 0 && P.t_select > 0);
   const uint64_t attempts = span_attempts(k);
   uint64_t count = 0;
   for (uint64_t a = 0; a < attempts && count < k; ++a) {
@@ -151,30 +136,63 @@ MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const R
     for (int64_t w = s; w < s + m; ++w) S.mark[w] = S.wstart[s] + 1;
     count += static_cast<uint64_t>(S.wend[s + m - 1] - S.wstart[s]);
   }
-  // labels and 80/10/10, one category draw per span (per token with span_token_replace)
+  return count;
+}
+
+// Labels and 80/10/10 of the marked words' tokens (the others keep what the caller wrote: the id
+// and -100), one category draw per span (per token with span_token_replace). ids/out/lab: the
+// row, whose first attended token is at `start`.
+template <typename T, typename TO>
+MLMFAST_HD void span_emit(const MaskParams& P, const RowKey& key, int64_t start, const SpanWords& R,
+                          const SpanScratch& S, const T* ids, TO* out, TO* lab) {
+  const bool draws = !(P.t_mask >= kOne || (P.t_mask == 0 && P.t_random == 0));
   int32_t head = -1;
   uint32_t x = 0;
-  for (int64_t w = 0; w < W; ++w) {
+  for (int64_t w = 0; w < R.W; ++w) {
     if (S.mark[w] == 0) continue;
+    if (!P.span_token_replace && S.mark[w] - 1 != head) {
+      head = S.mark[w] - 1;
+      x = draws ? philox_at(key, kTagReplace | (static_cast<uint32_t>(head) & kIndexMask)).x : 0u;
+    }
     for (int32_t rel = S.wstart[w]; rel < S.wend[w]; ++rel) {
       const int64_t j = start + rel;
       const int64_t original = static_cast<int64_t>(ids[j]);
-      int64_t v;
-      if (P.span_token_replace) {
-        v = replacement(P, key, static_cast<uint32_t>(rel), original);
-      } else {
-        if (S.mark[w] - 1 != head) {
-          head = S.mark[w] - 1;
-          x = P.t_mask >= kOne || (P.t_mask == 0 && P.t_random == 0)
-                  ? 0u
-                  : philox_at(key, kTagReplace | (static_cast<uint32_t>(head) & kIndexMask)).x;
-        }
-        v = span_replacement(P, key, x, static_cast<uint32_t>(rel), original);
-      }
+      const int64_t v = P.span_token_replace
+                            ? replacement(P, key, static_cast<uint32_t>(rel), original)
+                            : span_replacement(P, key, x, static_cast<uint32_t>(rel), original);
       lab[j] = static_cast<TO>(original);
       out[j] = static_cast<TO>(v);
     }
   }
+}
+
+// Masks row `row` (ids: its L tokens; out/lab: its outputs, which may alias ids) by the rule above,
+// token by token (the CUDA kernel; the CPU feeds span_add_token from its vectorised scan).
+template <typename T, typename TO>
+MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const RowKey& key,
+                              int64_t row, const T* ids, TO* out, TO* lab, const SpanScratch& S) {
+  const int64_t L = in.length, base = row * L;
+  int64_t start = 0;
+  if (in.attention) {
+    while (start < L && !load_flag(in.attention, in.attention_kind, base + start)) ++start;
+  }
+  // every token passes through unless a span takes it (out may be ids itself: same values)
+  for (int64_t j = 0; j < L; ++j) {
+    out[j] = static_cast<TO>(ids[j]);
+    lab[j] = static_cast<TO>(kIgnoreIndex);
+  }
+  SpanWords R;
+  for (int64_t j = start; j < L; ++j) {
+    const int64_t flat = base + j;
+    bool e = !is_special(P, static_cast<int64_t>(ids[j]));
+    if (in.attention) e = e && load_flag(in.attention, in.attention_kind, flat);
+    if (in.special_mask) e = e && !load_flag(in.special_mask, in.special_mask_kind, flat);
+    if (e)
+      span_add_token(R, S, static_cast<int32_t>(j - start),
+                     in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1);
+  }
+  span_select(P, key, R, S);
+  span_emit(P, key, start, R, S, ids, out, lab);
 }
 
 }  // namespace mlmfast
