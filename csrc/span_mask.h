@@ -1,6 +1,6 @@
 // Span masking (SpanBERT) for mask_tokens(mode="span"), in one place. The CPU kernel
 // (cpu/span_rows.cpp) and the CUDA kernel (cuda/span_mask_kernels.cuh) call these functions and
-// nothing else to mask a row; mlmfast/reference.py mirrors it. Change the rule here and there.
+// nothing else to decide a row; mlmfast/reference.py mirrors it. Change the rule here and there.
 //
 // Units. Positions count from the row's first attended token (rel), as in masking.h. A word is a
 // maximal stretch of consecutive eligible tokens with one word id >= 0; an eligible token with
@@ -139,60 +139,40 @@ MLMFAST_HD uint64_t span_select(const MaskParams& P, const RowKey& key, const Sp
   return count;
 }
 
+// The 80/10/10 category draw of the span whose first token is at position head.
+MLMFAST_HD uint32_t span_category_draw(const MaskParams& P, const RowKey& key, int32_t head) {
+  if (P.t_mask >= kOne || (P.t_mask == 0 && P.t_random == 0)) return 0;  // no draw needed
+  return philox_at(key, kTagReplace | (static_cast<uint32_t>(head) & kIndexMask)).x;
+}
+
+// What token rel of the span headed at `head` becomes (x: span_category_draw of the span).
+MLMFAST_HD int64_t span_token(const MaskParams& P, const RowKey& key, uint32_t x, int32_t rel,
+                              int64_t original) {
+  return P.span_token_replace ? replacement(P, key, static_cast<uint32_t>(rel), original)
+                              : span_replacement(P, key, x, static_cast<uint32_t>(rel), original);
+}
+
 // Labels and 80/10/10 of the marked words' tokens (the others keep what the caller wrote: the id
 // and -100), one category draw per span (per token with span_token_replace). ids/out/lab: the
 // row, whose first attended token is at `start`.
 template <typename T, typename TO>
 MLMFAST_HD void span_emit(const MaskParams& P, const RowKey& key, int64_t start, const SpanWords& R,
                           const SpanScratch& S, const T* ids, TO* out, TO* lab) {
-  const bool draws = !(P.t_mask >= kOne || (P.t_mask == 0 && P.t_random == 0));
   int32_t head = -1;
   uint32_t x = 0;
   for (int64_t w = 0; w < R.W; ++w) {
     if (S.mark[w] == 0) continue;
     if (!P.span_token_replace && S.mark[w] - 1 != head) {
       head = S.mark[w] - 1;
-      x = draws ? philox_at(key, kTagReplace | (static_cast<uint32_t>(head) & kIndexMask)).x : 0u;
+      x = span_category_draw(P, key, head);
     }
     for (int32_t rel = S.wstart[w]; rel < S.wend[w]; ++rel) {
       const int64_t j = start + rel;
       const int64_t original = static_cast<int64_t>(ids[j]);
-      const int64_t v = P.span_token_replace
-                            ? replacement(P, key, static_cast<uint32_t>(rel), original)
-                            : span_replacement(P, key, x, static_cast<uint32_t>(rel), original);
       lab[j] = static_cast<TO>(original);
-      out[j] = static_cast<TO>(v);
+      out[j] = static_cast<TO>(span_token(P, key, x, rel, original));
     }
   }
-}
-
-// Masks row `row` (ids: its L tokens; out/lab: its outputs, which may alias ids) by the rule above,
-// token by token (the CUDA kernel; the CPU feeds span_add_token from its vectorised scan).
-template <typename T, typename TO>
-MLMFAST_HD void span_mask_row(const MaskInputs& in, const MaskParams& P, const RowKey& key,
-                              int64_t row, const T* ids, TO* out, TO* lab, const SpanScratch& S) {
-  const int64_t L = in.length, base = row * L;
-  int64_t start = 0;
-  if (in.attention) {
-    while (start < L && !load_flag(in.attention, in.attention_kind, base + start)) ++start;
-  }
-  // every token passes through unless a span takes it (out may be ids itself: same values)
-  for (int64_t j = 0; j < L; ++j) {
-    out[j] = static_cast<TO>(ids[j]);
-    lab[j] = static_cast<TO>(kIgnoreIndex);
-  }
-  SpanWords R;
-  for (int64_t j = start; j < L; ++j) {
-    const int64_t flat = base + j;
-    bool e = !is_special(P, static_cast<int64_t>(ids[j]));
-    if (in.attention) e = e && load_flag(in.attention, in.attention_kind, flat);
-    if (in.special_mask) e = e && !load_flag(in.special_mask, in.special_mask_kind, flat);
-    if (e)
-      span_add_token(R, S, static_cast<int32_t>(j - start),
-                     in.word_ids ? load_word(in.word_ids, in.word_kind, flat) : -1);
-  }
-  span_select(P, key, R, S);
-  span_emit(P, key, start, R, S, ids, out, lab);
 }
 
 }  // namespace mlmfast

@@ -15,8 +15,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cuda_emulated import (
+    DEVICE_LIMITS,
+    emu,  # noqa: F401  (the fixture)
+)
 from test_cuda_emulated import check as check_emulated
-from test_cuda_emulated import emu  # noqa: F401  (the fixture)
 from test_mask_tokens import (
     BERT,
     CLS,
@@ -400,6 +403,20 @@ def test_emulated_cuda_many_blocks_long_rows_rng_state(emu):  # noqa: F811
     check_emulated(emu, ids, {"attention_mask": att, "rng_state": state, **SPAN})
     for shape in ((0, 5), (3, 0)):
         check_emulated(emu, torch.empty(shape, dtype=torch.int64), SPAN)
+
+
+def test_emulated_cuda_global_scratch(emu):  # noqa: F811
+    """Rows whose working memory does not fit in shared memory use a global scratch buffer:
+    forced here (no shared memory at all), with rows shorter and longer than a block."""
+    emu.set_limits(DEVICE_LIMITS[0], 0)
+    try:
+        for L in (1, 40, 700):
+            ids, att, words = word_rows(3, L, seed=L)
+            kwargs = {"attention_mask": att, "word_ids": words, "seed": 56, **SPAN}
+            check_emulated(emu, ids, kwargs)
+            check_emulated(emu, ids.int(), {**kwargs, "span_replace": "token"}, "widen")
+    finally:
+        emu.set_limits(*DEVICE_LIMITS)
 
 
 def test_compile_fullgraph(device):

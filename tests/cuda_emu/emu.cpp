@@ -28,10 +28,16 @@ int64_t g_max_shared = 232448;
 template <typename T>
 void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab) {
   const int64_t B = in.batch, L = in.length;
-  if (P.n_span > 0) {  // span mode: working memory garbage-filled, as from the caching allocator
-    std::vector<int32_t> scratch(B * span_mask_scratch_words(L), int32_t(0xA5A5A5A5));
-    cuda_emu::launch(dim3(span_mask_grid(B)), dim3(kSpanMaskThreads), 0,
-                     [&] { span_mask_kernel<T>(in, P, out, lab, scratch.data()); });
+  if (P.n_span > 0) {  // span mode: shared memory where it fits, else a garbage-filled scratch
+    const size_t bytes = span_shared_bytes(L);
+    if (bytes <= static_cast<size_t>(g_max_shared)) {
+      cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kSpanMaskThreads), bytes,
+                       [&] { span_mask_kernel<T>(in, P, out, lab, nullptr); });
+    } else {
+      std::vector<unsigned char> scratch(B * span_row_stride(L), 0xA5);
+      cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kSpanMaskThreads), 0,
+                       [&] { span_mask_kernel<T>(in, P, out, lab, scratch.data()); });
+    }
   } else if (in.exact) {
     const size_t bytes = exact_shared_bytes(L);
     if (bytes <= static_cast<size_t>(g_max_shared)) {
