@@ -24,7 +24,8 @@
 //   (SpanBERT stops at the budget), rejected if not even its first word fits; else masked.
 // Attempts have fixed counters, so a row's mask is a function of (seed, epoch, sample id, its
 // tokens, word ids and eligibility), whatever its batch, padding side, threads or device. When the
-// attempts run out first (rows of tiny runs, p near 1) the row keeps fewer than k tokens.
+// attempts run out first (rows of tiny runs, p near 1, or a rest of the budget smaller than every
+// free word) the row keeps fewer than k tokens.
 //
 // Counter tag. masking.h's selection draws use indices rel >> 2 < 2^28 (rows are shorter than
 // 2^30 tokens), so the selection tag's indices with bit 29 set are free: span attempts use
