@@ -13,6 +13,8 @@ Every competitor masks the same realistic BERT batch (bert-base-uncased vocabula
   mlmfast_exact          mode="exact"
   mlmfast_wholeword      word_ids given (whole-word masking)
   mlmfast_exactword      mode="exact" with word_ids (whole words within an exact budget)
+  mlmfast_span           mode="span" (SpanBERT spans of tokens, Geometric(0.2) lengths <= 10)
+  mlmfast_spanword       mode="span" with word_ids (spans of whole words)
   clone_floor            ids.clone(); att.clone(); stm.clone() (memory-traffic floor)
 
 Usage:
@@ -104,6 +106,11 @@ NOTES = {
         "as mlmfast with word_ids (~30% of words have 2-3 sub-tokens, -1 at specials/padding)"
     ),
     "mlmfast_exactword": "as mlmfast_wholeword with mode='exact'",
+    "mlmfast_span": (
+        "as mlmfast with mode='span' (round(0.15 * n_eligible) tokens per row in spans, lengths "
+        "~ Geometric(0.2) clipped at 10, one 80/10/10 decision per span)"
+    ),
+    "mlmfast_spanword": "as mlmfast_span with word_ids (spans of whole words)",
     "clone_floor": "ids.clone(); att.clone(); stm.clone(): touching the three int64 tensors",
 }
 
@@ -301,6 +308,13 @@ def make_competitors(mlmfast, collator, data, device) -> dict[str, Callable]:
         mlmfast.mask_tokens(ids, attention_mask=att, word_ids=words, mode="exact", **common)[:2]
     )
 
+    comps["mlmfast_span"] = lambda: tuple(
+        mlmfast.mask_tokens(ids, attention_mask=att, mode="span", **common)[:2]
+    )
+    comps["mlmfast_spanword"] = lambda: tuple(
+        mlmfast.mask_tokens(ids, attention_mask=att, word_ids=words, mode="span", **common)[:2]
+    )
+
     def clone_floor():
         ids.clone()
         att.clone()
@@ -473,7 +487,9 @@ def sanity(name, result, data) -> dict:
         and rep["unselected_changed"] == 0
     )
     if n_elig >= 5000 and n_sel:
-        tol = 0.04 if name in ("mlmfast_wholeword", "mlmfast_exactword") else 0.02
+        tol = (
+            0.04 if name in ("mlmfast_wholeword", "mlmfast_exactword", "mlmfast_spanword") else 0.02
+        )
         ok &= abs(rep["selected_fraction_of_eligible"] - MLM_P) < tol
     if n_sel >= 2000:
         ok &= abs(rep["mask_share"] - MASK_P) < 0.05 and abs(rep["random_share"] - RANDOM_P) < 0.05

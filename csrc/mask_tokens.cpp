@@ -93,6 +93,25 @@ void prepare_mask_call(const at::Tensor& input_ids, const MaskArgs& a, MaskParam
   TORCH_CHECK(P.n_random > 0 || P.t_random == 0,
               "mask_tokens: random_replace_prob > 0 but every id of the vocabulary is special");
 
+  if (a.span_cdf.has_value()) {  // mode="span" (span_mask.h)
+    const auto cdf = *a.span_cdf;
+    TORCH_CHECK_VALUE(!a.exact, "mask_tokens: span_cdf (mode='span') and exact exclude each other");
+    TORCH_CHECK_VALUE(!a.pos_ids.has_value() && !a.pos_probs.has_value(),
+                      "mask_tokens: mode='span' does not take pos_ids/pos_probs");
+    TORCH_CHECK_VALUE(static_cast<int64_t>(cdf.size()) < kMaxSpanWords,
+                      "mask_tokens: span_cdf must have at most ", kMaxSpanWords - 1,
+                      " thresholds (spans of up to ", kMaxSpanWords, " words), got ", cdf.size());
+    for (size_t j = 0; j < cdf.size(); ++j) {
+      TORCH_CHECK_VALUE(
+          cdf[j] >= 0 && cdf[j] <= int64_t(0xFFFFFFFF) && (j == 0 || cdf[j] >= cdf[j - 1]),
+          "mask_tokens: span_cdf must be non-decreasing uint32 thresholds, got ", cdf[j], " at ",
+          j);
+      P.span_cdf[j] = static_cast<uint32_t>(cdf[j]);
+    }
+    P.n_span = static_cast<int32_t>(cdf.size()) + 1;
+    P.span_token_replace = a.span_token_replace;
+  }
+
   in = MaskInputs{};
   in.batch = B;
   in.length = L;
@@ -254,6 +273,8 @@ MaskArgs pack(MLMFAST_MASK_PARAMS) {
   a.epoch = epoch;
   a.exact = exact;
   a.exclude_special_from_random = exclude_special_from_random;
+  a.span_cdf = span_cdf;
+  a.span_token_replace = span_token_replace;
   return a;
 }
 

@@ -18,10 +18,11 @@ struct MaskArgs {
   c10::optional<at::Tensor> attention_mask, special_tokens_mask, word_ids, pos_ids, sample_ids,
       rng_state;
   c10::optional<at::ArrayRef<double>> pos_probs;
+  c10::optional<at::IntArrayRef> span_cdf;  // mode="span": the length thresholds (span_mask.h)
   at::IntArrayRef special_ids;
   double mlm_probability, mask_replace_prob, random_replace_prob;
   int64_t mask_token_id, vocab_size, seed, epoch;
-  bool exact, exclude_special_from_random;
+  bool exact, exclude_special_from_random, span_token_replace;
 };
 
 // Validates every argument (errors name the argument, its value and what was expected),
@@ -45,7 +46,7 @@ using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& ou
   "float[]? pos_probs, Tensor? sample_ids, Tensor? rng_state, int[] special_ids, "           \
   "float mlm_probability, float mask_replace_prob, float random_replace_prob, "              \
   "int mask_token_id, int vocab_size, int seed, int epoch, bool exact, "                     \
-  "bool exclude_special_from_random"
+  "bool exclude_special_from_random, int[]? span_cdf=None, bool span_token_replace=False"
 
 #define MLMFAST_MASK_PARAMS                                                                      \
   const c10::optional<at::Tensor>&attention_mask,                                                \
@@ -55,11 +56,12 @@ using MaskKernel = void (*)(const MaskInputs&, const MaskParams&, at::Tensor& ou
       const c10::optional<at::Tensor>&rng_state, at::IntArrayRef special_ids,                    \
       double mlm_probability, double mask_replace_prob, double random_replace_prob,              \
       int64_t mask_token_id, int64_t vocab_size, int64_t seed, int64_t epoch, bool exact,        \
-      bool exclude_special_from_random
+      bool exclude_special_from_random, c10::optional<at::IntArrayRef> span_cdf,                 \
+      bool span_token_replace
 #define MLMFAST_MASK_ARGS_PASS                                                              \
   attention_mask, special_tokens_mask, word_ids, pos_ids, pos_probs, sample_ids, rng_state, \
       special_ids, mlm_probability, mask_replace_prob, random_replace_prob, mask_token_id,  \
-      vocab_size, seed, epoch, exact, exclude_special_from_random
+      vocab_size, seed, epoch, exact, exclude_special_from_random, span_cdf, span_token_replace
 
 // Checks that out/labels can receive the result of masking input_ids (out= form): same shape and
 // device, contiguous, of the ids' dtype or int64 for int32 ids; out may be input_ids itself;

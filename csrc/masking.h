@@ -21,6 +21,7 @@ namespace mlmfast {
 
 constexpr int kMaxSpecialIds = 256;
 constexpr int kMaxPosClasses = 64;
+constexpr int kMaxSpanWords = 64;  // longest span of mode="span" (span_mask.h)
 constexpr int64_t kIgnoreIndex = -100;
 
 // Counter tags (top two bits of the counter's first word) keep the draw streams apart.
@@ -30,6 +31,8 @@ constexpr uint32_t kTagWord =
     1u << 30;  // word selection:  index = word_id >> 2, lane = word_id & 3
 constexpr uint32_t kTagReplace = 2u
                                  << 30;  // 80/10/10: index = rel_pos; x = category, y = random id
+// Tag 3 is span corruption's (span_corrupt.h). Span masking's attempts use the selection tag with
+// index bit 29 set (kTagSelect | 2^29 | attempt, span_mask.h): selection blocks stay below 2^28.
 constexpr uint32_t kIndexMask = (1u << 30) - 1;
 constexpr int64_t kMaxRowLength = int64_t(1) << 30;
 constexpr uint64_t kOne = uint64_t(1) << 32;  // threshold of probability 1
@@ -50,6 +53,11 @@ struct MaskParams {
   int32_t n_pos;                    // 0 = no POS table
   int64_t special[kMaxSpecialIds];  // sorted, unique
   uint64_t t_pos[kMaxPosClasses];   // per-class thresholds when n_pos > 0
+  // mode="span" (span_mask.h): n_span > 0 is the longest span in words, span_cdf[0 .. n_span - 2]
+  // the cumulative length distribution as uint32 thresholds
+  int32_t n_span;
+  bool span_token_replace;  // one 80/10/10 decision per token instead of per span
+  uint32_t span_cdf[kMaxSpanWords];
 };
 
 MLMFAST_HD uint64_t threshold_of(double p) {

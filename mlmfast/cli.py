@@ -286,8 +286,9 @@ def _add_mask_parser(sub) -> None:
     a("--mask-replace-prob", type=float, default=0.8, help="selected tokens replaced by [MASK]")
     a("--random-replace-prob", type=float, default=0.1, help="selected tokens replaced by a "
       "random token")  # fmt: skip
-    a("--mode", choices=("bernoulli", "exact"), default="bernoulli", help="bernoulli: each "
-      "token independently; exact: round(p * eligible) tokens per row")  # fmt: skip
+    a("--mode", choices=("bernoulli", "exact", "span"), default="bernoulli", help="bernoulli: "
+      "each token independently; exact: round(p * eligible) tokens per row; span: as many, in "
+      "spans of whole words (SpanBERT)")  # fmt: skip
     a("--whole-word", action="store_true", help="select whole words")
     a("--seed", type=int, default=0, help="masking seed")
     a("--epoch", type=int, default=0, help="epoch (new masks for another epoch)")

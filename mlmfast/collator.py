@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mlmfast import _C, pos
-from mlmfast.ops import draw_seed, schema_seed
+from mlmfast.ops import SPAN_REPLACE, draw_seed, schema_seed, span_length_thresholds
 
 __all__ = ["CollatorWarning", "DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask"]
 
@@ -337,6 +337,12 @@ class DataCollatorForLanguageModeling(SeedStreams):
         device: mask there (e.g. ``"cuda"``): padding on the CPU, one copy, masking on the
             device; for the main process (not DataLoader workers).
         exact_count: exactly ``round(p * n)`` masked tokens per row (at least one).
+        span_masking: SpanBERT's span masking (``mask_tokens(mode="span")``): ``round(p * n)``
+            tokens per row in spans of whole words (words from ``whole_word_mask``'s sources when
+            it is set, else each token is a word), span lengths ~ Geometric(``span_p``) clipped
+            at ``span_max`` words, or weighted by ``span_lengths``; one 80/10/10 decision per
+            span (``span_replace="token"``: per token). Not with ``exact_count`` or
+            ``pos_weights``.
         pos_weights: POS-weighted masking (a preset of :mod:`mlmfast.pos` or a dict UPOS ->
             weight); examples then carry ``pos_ids``. ``pos_frequencies`` gives the class
             frequencies (e.g. from a shard manifest); else they are measured on each batch.
@@ -372,6 +378,11 @@ class DataCollatorForLanguageModeling(SeedStreams):
     _: KW_ONLY
     device: str | torch.device | None = None
     exact_count: bool = False
+    span_masking: bool = False
+    span_p: float = 0.2
+    span_max: int = 10
+    span_lengths: Sequence[float] | None = None
+    span_replace: str = "span"
     pos_weights: str | Mapping[str, float] | None = None
     pos_frequencies: Sequence[float] | None = None
     exclude_special_from_random: bool = True
@@ -407,6 +418,12 @@ class DataCollatorForLanguageModeling(SeedStreams):
         self._warned: set[str] = set()
         self._hook_context: tuple[tuple[int, ...], dict[str, Any]] | None = None
         self._exclude_special = bool(self.exclude_special_from_random)
+        self._span = (None, False)  # the op's span_cdf and span_token_replace
+        if self.span_masking:
+            self._span = (
+                span_length_thresholds(self.span_p, self.span_max, self.span_lengths),
+                self.span_replace == "token",
+            )
         if self.mlm and len(self.special_ids) >= self.vocab_size:
             # Nothing ordinary to select or to draw. transformers returns batches here (with
             # labels all -100 for in-vocabulary ids), so do the same, drawing replacements (never
@@ -455,6 +472,20 @@ class DataCollatorForLanguageModeling(SeedStreams):
             raise ValueError(
                 f"seed must be None or an integer that fits in 64 bits, got {self.seed!r}"
             )
+        if self.span_masking:
+            if not self.mlm:
+                raise ValueError("span_masking=True needs mlm=True")
+            if self.exact_count:
+                raise ValueError(
+                    "span_masking=True and exact_count=True exclude each other (span masking "
+                    "already masks round(p * n) tokens per row)"
+                )
+            if self.pos_weights is not None:
+                raise ValueError("span_masking=True does not take pos_weights")
+            if self.span_replace not in SPAN_REPLACE:
+                raise ValueError(
+                    f"span_replace must be one of {SPAN_REPLACE}, got {self.span_replace!r}"
+                )
         if self.return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
         if self.pad_to_multiple_of is not None and int(self.pad_to_multiple_of) <= 0:
@@ -825,6 +856,7 @@ class DataCollatorForLanguageModeling(SeedStreams):
             self.epoch,
             bool(self.exact_count),
             self._exclude_special,
+            *self._span,
         )
         try:
             if ids.dtype == torch.int32:

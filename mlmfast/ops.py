@@ -7,7 +7,9 @@ under ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,9 +29,12 @@ __all__ = [
     "philox4x32_10",
     "span_corrupt",
     "span_corruption_lengths",
+    "span_length_thresholds",
 ]
 
-MODES = ("bernoulli", "exact")
+MODES = ("bernoulli", "exact", "span")
+SPAN_REPLACE = ("span", "token")
+MAX_SPAN_WORDS = 64  # csrc/masking.h kMaxSpanWords
 
 # The overloads, looked up once (each torch.ops attribute access costs a dictionary walk).
 _MASK_TOKENS = torch.ops.mlmfast.mask_tokens.default
@@ -63,6 +68,90 @@ def _check_mode(mode: str) -> bool:
     return mode == "exact"
 
 
+def span_length_thresholds(
+    span_p: float = 0.2, span_max: int = 10, span_lengths: Sequence[float] | None = None
+) -> list[int]:
+    """The span-length distribution of ``mode="span"`` as the op reads it: ``span_max - 1``
+    (fewer when the longest lengths have weight 0) cumulative uint32 thresholds ``floor(F(l) * 2^32)`` for l = 1 .. span_max - 1, where F is
+    the distribution function of the span length in words (a draw u gives the length
+    ``1 + #{l : u >= threshold_l}``). F is the geometric distribution with parameter ``span_p``
+    truncated to ``[1, span_max]`` (SpanBERT: 0.2 and 10, mean 3.8), or, given ``span_lengths``,
+    proportional to those weights of the lengths 1, 2, ... (Megatron's n-grams: ``[1, 1/2, 1/3]``).
+    Computed in exact rational arithmetic, once, so CPU, CUDA and reference compare the same
+    integers."""
+    if span_lengths is not None:
+        try:
+            weights = [float(w) for w in span_lengths]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"mask_tokens: span_lengths must be a sequence of weights, got {span_lengths!r}"
+            ) from None
+        if not 1 <= len(weights) <= MAX_SPAN_WORDS or not all(
+            math.isfinite(w) and w >= 0 for w in weights
+        ):
+            raise ValueError(
+                f"mask_tokens: span_lengths must hold 1 to {MAX_SPAN_WORDS} finite weights >= 0 "
+                f"(of the lengths 1, 2, ...), got {span_lengths!r}"
+            )
+        if sum(weights) <= 0:
+            raise ValueError(
+                f"mask_tokens: span_lengths must have a positive weight, got {weights}"
+            )
+        return list(_span_cdf(tuple(weights), None, 0))
+    p = float(span_p)
+    if not 0.0 < p <= 1.0:  # NaN fails too
+        raise ValueError(f"mask_tokens: span_p must be in (0, 1], got {span_p!r}")
+    if isinstance(span_max, bool) or int(span_max) != span_max:
+        raise ValueError(f"mask_tokens: span_max must be an integer, got {span_max!r}")
+    if not 1 <= int(span_max) <= MAX_SPAN_WORDS:
+        raise ValueError(
+            f"mask_tokens: span_max must be in [1, {MAX_SPAN_WORDS}], got {span_max!r}"
+        )
+    return list(_span_cdf(None, p, int(span_max)))
+
+
+@torch.compiler.assume_constant_result
+def _span_cdf(weights: tuple[float, ...] | None, p: float | None, n: int) -> tuple[int, ...]:
+    """_cdf_of_weights, a constant of the arguments for torch.compile (not traced)."""
+    return _cdf_of_weights(weights, p, n)
+
+
+@functools.lru_cache(maxsize=64)
+def _cdf_of_weights(weights: tuple[float, ...] | None, p: float | None, n: int) -> tuple[int, ...]:
+    """The thresholds of span_length_thresholds, in exact rational arithmetic (a fraction of a
+    millisecond, hence cached: the op's wrapper asks on every call)."""
+    from fractions import Fraction
+
+    if weights is not None:
+        w = [Fraction(x) for x in weights]
+    else:
+        q = Fraction(p)
+        w = [q * (1 - q) ** i for i in range(n)]
+    while w[-1] == 0:  # lengths past the last possible one: dropped, so every F(l) < 1
+        w.pop()
+    total, acc, out = sum(w), Fraction(0), []
+    for x in w[:-1]:
+        acc += x
+        out.append(int(acc * 2**32 / total))  # floor of a non-negative rational
+    return tuple(out)
+
+
+def _span_schema_args(mode, span_p, span_max, span_lengths, span_replace, pos_ids, pos_probs):
+    """(span_cdf, span_token_replace) of the schema: None, False outside span mode."""
+    if mode != "span":
+        return None, False
+    if span_replace not in SPAN_REPLACE:
+        raise ValueError(
+            f"mask_tokens: span_replace must be one of {SPAN_REPLACE}, got {span_replace!r}"
+        )
+    if pos_ids is not None or pos_probs is not None:
+        raise ValueError(
+            "mask_tokens: mode='span' does not take pos_ids/pos_probs (spans are drawn by length "
+            "and a uniform start word); pass pos_ids=None, pos_probs=None"
+        )
+    return span_length_thresholds(span_p, span_max, span_lengths), span_replace == "token"
+
+
 def schema_seed(seed: int) -> int:
     """A 64-bit seed (signed or unsigned) as the schema's int64: the same 64 key bits."""
     seed = int(seed)
@@ -88,6 +177,10 @@ def _schema_args(
     mode,
     exclude_special_from_random,
     rng_state,
+    span_p=0.2,
+    span_max=10,
+    span_lengths=None,
+    span_replace="span",
 ) -> tuple:
     """The schema's arguments after input_ids, checked and converted (the keyword arguments of
     mask_tokens without return_positions, in its order)."""
@@ -122,6 +215,7 @@ def _schema_args(
         int(epoch),
         _check_mode(mode),
         bool(exclude_special_from_random),
+        *_span_schema_args(mode, span_p, span_max, span_lengths, span_replace, pos_ids, pos_probs),
     )
 
 
@@ -151,6 +245,10 @@ def mask_tokens(
     exclude_special_from_random: bool = True,
     return_positions: bool = False,
     rng_state: torch.Tensor | None = None,
+    span_p: float = 0.2,
+    span_max: int = 10,
+    span_lengths: Sequence[float] | None = None,
+    span_replace: str = "span",
 ) -> MaskOutput:
     """Select tokens for masked-language modelling and apply the 80/10/10 replacement, fused.
 
@@ -183,6 +281,12 @@ def mask_tokens(
         rng_state: optional int64 ``[seed, epoch]`` tensor on the device of ``input_ids``; it
             overrides ``seed``/``epoch`` and is read by the kernel, so the call can be captured
             in a CUDA graph and replayed with new values.
+        span_p, span_max: ``mode="span"``: span lengths in words ~ Geometric(span_p) truncated
+            to ``[1, span_max]`` (SpanBERT: 0.2, 10; mean 3.8 words).
+        span_lengths: ``mode="span"``: weights of the lengths 1, 2, ... instead (Megatron's
+            n-gram masking: ``[1, 1/2, 1/3]``).
+        span_replace: ``mode="span"``: ``"span"`` (one 80/10/10 decision per span, as SpanBERT)
+            or ``"token"`` (per token).
     """
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(
@@ -217,6 +321,10 @@ def mask_tokens(
             mode,
             exclude_special_from_random,
             rng_state,
+            span_p,
+            span_max,
+            span_lengths,
+            span_replace,
         ),
     )
     if return_positions:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mlmfast.ops import MaskOutput, draw_seed
+from mlmfast.ops import MaskOutput, draw_seed, span_length_thresholds
 
 __all__ = ["mask_tokens", "philox4x32_10", "span_corrupt", "span_counts", "threshold_of"]
 
@@ -22,6 +22,8 @@ _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 
 TAG_SELECT, TAG_WORD, TAG_REPLACE = 0 << 30, 1 << 30, 2 << 30
+SPAN_ATTEMPT = 1 << 29  # span masking: attempt a at TAG_SELECT | SPAN_ATTEMPT | a
+MAX_SPAN_ATTEMPTS = 1 << 29
 INDEX_MASK = (1 << 30) - 1
 ONE = 1 << 32  # threshold of probability 1
 IGNORE_INDEX = -100
@@ -120,6 +122,64 @@ def _exact_selection(eligible, u, t, words) -> torch.Tensor:
     return selected
 
 
+def _span_selection(eligible, words, t_select, cdf, draws, span_log):
+    """Span-mode selection row by row, as csrc/span_mask.h defines it. Returns the selected tokens
+    and, for each token, the position of the first token of its span (its own elsewhere).
+    draws(b, a, n): the Philox blocks of attempts a .. a + n - 1 of row b, as (x, y, z, w)."""
+    B, L = eligible.shape
+    selected = torch.zeros(B, L, dtype=torch.bool)
+    head = torch.arange(L).repeat(B, 1)
+    for b in range(B):
+        el, wd = eligible[b].tolist(), words[b].tolist()
+        ws: list[list[int]] = []  # the words: [first position, one past the last]
+        prev_e, prev_w = False, -1
+        for j in range(L):
+            if el[j]:
+                if prev_e and wd[j] >= 0 and wd[j] == prev_w:
+                    ws[-1][1] = j + 1
+                else:
+                    ws.append([j, j + 1])
+                prev_w = wd[j]
+            prev_e = el[j]
+        W, n = len(ws), sum(el)
+        k = (n * t_select + (ONE >> 1)) >> 32
+        if k == 0 and n > 0 and t_select > 0:
+            k = 1
+        attempts = min(64 + 16 * k, MAX_SPAN_ATTEMPTS)
+        mark: list[int | None] = [None] * W
+        count, a, spans, block = 0, 0, [], []
+        while a < attempts and count < k:
+            if a % 256 == 0:
+                block = draws(b, a, 256)
+            x, y, z, _ = block[a % 256]
+            a += 1
+            length = 1 + sum(x >= c for c in cdf)
+            s = (((y << 32) | z) * W) >> 64
+            e = s + length - 1
+            if e >= W:  # leaves the row
+                continue
+            one_run = all(ws[w][0] == ws[w - 1][1] for w in range(s + 1, e + 1))
+            if not one_run or any(mark[w] is not None for w in range(s, e + 1)):
+                continue
+            m = 0
+            while m < length and ws[s + m][1] - ws[s][0] <= k - count:
+                m += 1
+            if m == 0:
+                continue
+            for w in range(s, s + m):
+                mark[w] = ws[s][0]
+            tokens = ws[s + m - 1][1] - ws[s][0]
+            count += tokens
+            spans.append((ws[s][0], m, tokens, m < length))
+        for w, h in enumerate(mark):
+            if h is not None:
+                selected[b, ws[w][0] : ws[w][1]] = True
+                head[b, ws[w][0] : ws[w][1]] = h
+        if span_log is not None:
+            span_log.append({"budget": k, "masked": count, "attempts": a, "spans": spans})
+    return selected, head
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     *,
@@ -141,8 +201,16 @@ def mask_tokens(
     exclude_special_from_random: bool = True,
     return_positions: bool = False,
     rng_state: torch.Tensor | None = None,
+    span_p: float = 0.2,
+    span_max: int = 10,
+    span_lengths: Sequence[float] | None = None,
+    span_replace: str = "span",
+    span_log: list | None = None,
 ) -> MaskOutput:
-    """Same contract as :func:`mlmfast.mask_tokens` (CPU tensors), computed in plain PyTorch."""
+    """Same contract as :func:`mlmfast.mask_tokens` (CPU tensors), computed in plain PyTorch.
+    ``span_log`` (tests): in span mode, receives per row a dict of its budget, the tokens masked,
+    the attempts made and its spans in acceptance order as (first position, words, tokens,
+    truncated at the budget)."""
     device, dtype = input_ids.device, input_ids.dtype
     squeeze = input_ids.dim() == 1
     to2d = (
@@ -197,12 +265,25 @@ def mask_tokens(
     else:
         t = torch.full((B, L), threshold_of(mlm_probability), dtype=torch.long)
 
+    head = None
     if mode == "exact":
         selected = _exact_selection(eligible, u, t, words)
     elif mode == "bernoulli":
         selected = eligible & (u < t)
+    elif mode == "span":
+        cdf = span_length_thresholds(span_p, span_max, span_lengths)
+
+        def draws(b: int, a: int, n: int) -> list:
+            index = TAG_SELECT | SPAN_ATTEMPT | torch.arange(a, a + n, dtype=torch.int64)
+            blocks = philox4x32_10((index, epoch, sid_lo[b, 0], sid_hi[b, 0]), key)
+            return torch.stack(blocks, dim=1).tolist()
+
+        t_select = threshold_of(mlm_probability)
+        selected, head = _span_selection(eligible, words, t_select, cdf, draws, span_log)
+        if span_replace == "token":
+            head = None
     else:
-        raise ValueError(f"mode must be 'bernoulli' or 'exact', got {mode!r}")
+        raise ValueError(f"mode must be 'bernoulli', 'exact' or 'span', got {mode!r}")
 
     t_mask = threshold_of(mask_replace_prob)
     t_random = min(threshold_of(random_replace_prob), ONE - t_mask)
@@ -212,6 +293,8 @@ def mask_tokens(
         replaced = ids
     else:
         x, y, _, _ = philox(TAG_REPLACE | (rel & INDEX_MASK))
+        if head is not None:  # span mode: one 80/10/10 decision per span, its first token's
+            x = x.gather(1, head)
         skip = specials if exclude_special_from_random else []
         random_ids = _random_token(y, vocab_size - len(skip), skip)
         replaced = torch.where(

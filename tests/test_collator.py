@@ -1115,6 +1115,61 @@ def test_exact_count(tok, tok_left, features, side, p):
     assert min(counts) >= 1
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_span_masking(tok, tok_left, features, side):
+    """span_masking: round(p * n) tokens per row, in spans, with the op's masks: the same as
+    mask_tokens(mode="span") on the padded batch given the same sample ids (left padding
+    included: positions count from the first attended token)."""
+    t = tok_left if side == "left" else tok
+    feats = [{**f, "sample_id": 1000 + i} for i, f in enumerate(copies(features))]
+    collator = DataCollatorForLanguageModeling(
+        t, seed=41, span_masking=True, span_max=6, mlm_probability=0.2
+    )
+    out = collator(feats)
+    ref = hf_padded(t, features)
+    eligible = eligible_mask(t, ref)
+    assert_mlm_invariants(out, ref["input_ids"], eligible)
+    counts = (out["labels"] != -100).sum(1).tolist()
+    assert counts == [exact_k(n, 0.2) for n in eligible.sum(1).tolist()]
+    import mlmfast
+
+    want = mlmfast.mask_tokens(
+        ref["input_ids"],
+        attention_mask=ref["attention_mask"],
+        special_ids=collator.special_ids,
+        mask_token_id=t.mask_token_id,
+        vocab_size=len(t),
+        mlm_probability=0.2,
+        seed=41,
+        sample_ids=torch.arange(1000, 1000 + len(features)),
+        mode="span",
+        span_max=6,
+    )
+    assert torch.equal(out["labels"], want.labels)
+    assert torch.equal(out["input_ids"], want.input_ids)
+    # spans: a row's masked tokens come in runs, longer than one token on average
+    selected = out["labels"] != -100
+    starts = selected & ~torch.nn.functional.pad(selected[:, :-1], (1, 0))
+    assert selected.sum() > 1.5 * starts.sum()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"exact_count": True}, "exact_count"),
+        ({"pos_weights": "content"}, "pos_weights"),
+        ({"span_replace": "word"}, "span_replace"),
+        ({"span_p": 0.0}, "span_p"),
+        ({"span_max": 0}, "span_max"),
+        ({"span_lengths": [-1]}, "span_lengths"),
+        ({"mlm": False}, "mlm=True"),
+    ],
+)
+def test_span_masking_errors(tok, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DataCollatorForLanguageModeling(tok, span_masking=True, **kwargs)
+
+
 @pytest.mark.parametrize("return_tensors", ["pt", "np"])
 def test_return_positions(tok, features, return_tensors):
     out = DataCollatorForLanguageModeling(

@@ -224,6 +224,23 @@ def test_sparse_and_dense_heads_give_the_same_loss_and_gradients(tok):
         torch.testing.assert_close(gs[n], gd[n], rtol=1e-4, atol=1e-6)
 
 
+def test_span_masker(tok):
+    """mode="span": round(p x eligible) tokens per row, in spans of the shards' words."""
+    ids = torch.randint(1000, 5000, (6, 40))
+    attn = torch.ones_like(ids)
+    attn[2, 30:] = 0
+    words = torch.arange(40).repeat(6, 1) // 2  # two tokens per word
+    masked = DeviceMasker(tok, MaskingConfig(mode="span", whole_word=True, seed=3))(
+        {"input_ids": ids, "attention_mask": attn, "word_ids": words, "sample_id": torch.arange(6)},
+        0,
+    )
+    selected = masked.labels != -100
+    assert selected.sum(1).tolist() == [6, 6, 4, 6, 6, 6]  # round(0.15 x 40), round(0.15 x 30)
+    assert torch.equal(selected[:, 0::2], selected[:, 1::2])  # whole words
+    with pytest.raises(ValueError, match="pos_weights"):
+        MaskingConfig(mode="span", pos_weights="content")
+
+
 def test_objective_with_no_selected_token_is_zero_not_nan():
     model = tiny_model()
     ids = torch.randint(1000, 5000, (2, 8))
@@ -297,6 +314,7 @@ def test_schedules(kind):
     [
         {"whole_word": True},
         {"mask_mode": "exact", "static_masking": True},
+        {"mask_mode": "span", "whole_word": True},
         {"mlm_probability": 0.3, "mask_replace_prob": 1.0, "random_replace_prob": 0.0},
     ],
 )

@@ -81,6 +81,11 @@ namespace avx512 {
 extern const Kernel kernel;
 }
 
+// Rows [b0, b1) of mode="span" (span_rows.cpp, the rule of span_mask.h).
+template <typename T, typename TO>
+void span_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1, TO* out, TO* lab,
+               Problems& pr);
+
 // The table of the instruction set this process runs (dispatch.cpp).
 const Kernel& cpu_kernel();
 

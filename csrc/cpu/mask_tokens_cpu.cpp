@@ -1,8 +1,8 @@
 // The CPU backend of the op: rows in parallel (at::parallel_for), each thread's rows by the
 // kernel dispatch.cpp chose (the default mode without word ids or POS classes) or by
-// word_exact.cpp (whole words, POS classes, exact mode); one pass per row, no intermediate tensors
-// besides the outputs. Problems the rows reveal (ids outside the vocabulary, ...) are reported
-// after the parallel region. The decision rule comes from masking.h.
+// word_exact.cpp (whole words, POS classes, exact mode) or span_rows.cpp (mode="span"); one pass
+// per row, no intermediate tensors besides the outputs. Problems the rows reveal (ids outside the
+// vocabulary, ...) are reported after the parallel region. The decision rule comes from masking.h.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -42,11 +42,13 @@ void run_cpu(const MaskInputs& in, const MaskParams& P0, TO* out, TO* lab) {
   }
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1));
   const cpu::Kernel& kernel = cpu::cpu_kernel();
-  const bool plain = !in.exact && !in.word_ids && P.n_pos == 0;
+  const bool plain = !in.exact && !in.word_ids && P.n_pos == 0 && P.n_span == 0;
   ProblemLog bad_id, bad_pos, bad_word;
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
     cpu::Problems pr;
-    if (plain)
+    if (P.n_span > 0)
+      cpu::span_rows<T, TO>(in, P, b0, b1, out, lab, pr);
+    else if (plain)
       kernel.plain<T, TO>()(in, P, b0, b1, out, lab, pr);
     else
       cpu::word_exact_rows<T, TO>(kernel, in, P, b0, b1, out, lab, pr);

@@ -13,17 +13,38 @@
 #include <vector>
 
 #include "mask_tokens.h"
+#include "span_mask.h"
 
 namespace mlmfast {
 namespace {
 
 #include "cuda/mask_kernels.cuh"
+#include "cuda/span_mask_kernels.cuh"
 
 template <typename T>
 void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab, c10::Device device,
             cudaStream_t stream) {
   const int64_t B = in.batch, L = in.length;
-  if (in.exact) {
+  if (P.n_span > 0) {  // span mode: one block per row, as exact mode
+    const size_t bytes = span_shared_bytes(L);
+    int optin = 0;
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device.index()));
+    if (bytes <= static_cast<size_t>(optin)) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(span_mask_kernel<T>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(bytes)));
+      span_mask_kernel<T>
+          <<<static_cast<unsigned>(B), kSpanMaskThreads, bytes, stream>>>(in, P, out, lab, nullptr);
+    } else {
+      // rows too long for shared memory: the row's slice of a buffer from the caching allocator
+      // (stream-ordered: freed here, reused only after the kernel)
+      const at::Tensor scratch = at::empty({B * static_cast<int64_t>(span_row_stride(L))},
+                                           at::TensorOptions().dtype(at::kByte).device(device));
+      span_mask_kernel<T><<<static_cast<unsigned>(B), kSpanMaskThreads, 0, stream>>>(
+          in, P, out, lab, scratch.data_ptr<uint8_t>());
+    }
+  } else if (in.exact) {
     const size_t bytes = exact_shared_bytes(L);
     int optin = 0;
     C10_CUDA_CHECK(

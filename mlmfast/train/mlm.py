@@ -30,10 +30,12 @@ class MaskingConfig:
     random_replace_prob: float = 0.1
     whole_word: bool = False
     pos_weights: str | dict[str, float] | None = None
-    mode: str = "bernoulli"
+    mode: str = "bernoulli"  # "span": SpanBERT's spans (span_p, span_max), words if whole_word
     static: bool = False
     exclude_special_from_random: bool = True
     seed: int = 0
+    span_p: float = 0.2
+    span_max: int = 10
 
     def __post_init__(self) -> None:
         for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
@@ -47,6 +49,8 @@ class MaskingConfig:
             )
         if self.mode not in MODES:
             raise ValueError(f"mask mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "span" and self.pos_weights is not None:
+            raise ValueError("mask mode 'span' does not take pos_weights")
 
 
 class DeviceMasker:
@@ -128,6 +132,8 @@ class DeviceMasker:
             mode=c.mode,
             exclude_special_from_random=c.exclude_special_from_random,
             return_positions=True,
+            span_p=c.span_p,
+            span_max=c.span_max,
         )
 
 

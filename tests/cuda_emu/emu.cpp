@@ -1,5 +1,5 @@
-// The CUDA op's kernels (csrc/cuda/mask_kernels.cuh), unchanged, run on the CPU through the
-// emulation of shim.h, behind the CUDA op's host code: the same argument checks
+// The CUDA op's kernels (csrc/cuda/mask_kernels.cuh, span_mask_kernels.cuh), unchanged, run on the
+// CPU through the emulation of shim.h, behind the CUDA op's host code: the same argument checks
 // (csrc/mask_tokens.cpp), the same launch geometry, no id check (as on CUDA). Registered as
 // mlmfast_emu::mask_tokens / mask_tokens_ / mask_tokens_into for CPU tensors, plus
 // mlmfast_emu::set_limits (a short grid makes the Bernoulli kernel loop over long rows, little
@@ -13,11 +13,13 @@
 
 #include "mask_tokens.h"
 #include "shim.h"
+#include "span_mask.h"
 
 namespace mlmfast {
 namespace {
 
 #include "cuda/mask_kernels.cuh"
+#include "cuda/span_mask_kernels.cuh"
 
 // The device's limits: gridDim.y and the shared memory a block may opt into (H100/H200's).
 int64_t g_max_grid_y = kMaxGridY;
@@ -26,7 +28,17 @@ int64_t g_max_shared = 232448;
 template <typename T>
 void launch(const MaskInputs& in, const MaskParams& P, T* out, T* lab) {
   const int64_t B = in.batch, L = in.length;
-  if (in.exact) {
+  if (P.n_span > 0) {  // span mode: shared memory where it fits, else a garbage-filled scratch
+    const size_t bytes = span_shared_bytes(L);
+    if (bytes <= static_cast<size_t>(g_max_shared)) {
+      cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kSpanMaskThreads), bytes,
+                       [&] { span_mask_kernel<T>(in, P, out, lab, nullptr); });
+    } else {
+      std::vector<unsigned char> scratch(B * span_row_stride(L), 0xA5);
+      cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kSpanMaskThreads), 0,
+                       [&] { span_mask_kernel<T>(in, P, out, lab, scratch.data()); });
+    }
+  } else if (in.exact) {
     const size_t bytes = exact_shared_bytes(L);
     if (bytes <= static_cast<size_t>(g_max_shared)) {
       cuda_emu::launch(dim3(static_cast<unsigned>(B)), dim3(kExactThreads), bytes,

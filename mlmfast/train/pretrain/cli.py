@@ -122,9 +122,11 @@ def _masking_options(a) -> None:
     )
     a(
         "--mask-mode",
-        choices=("bernoulli", "exact"),
+        choices=("bernoulli", "exact", "span"),
         help="bernoulli: each token independently "
-        "(as transformers); exact: round(p x eligible tokens) per row",
+        "(as transformers); exact: round(p x eligible tokens) per row; span: as many, in spans "
+        "of whole words of Geometric(0.2) length clipped at 10 (SpanBERT; words from --whole-word "
+        "shards, else tokens)",
     )
     a("--static-masking", bool=True, help="the same mask every epoch (original BERT)")
 

@@ -1,0 +1,105 @@
+// The CPU rows of mask_tokens(mode="span"): eligibility by the chosen kernel's vectorised chunk
+// scan (as word_exact.cpp), the word table, the attempts and the 80/10/10 by span_mask.h (the
+// functions the CUDA kernel runs too), with a thread's working memory reused from row to row.
+// Portable code; ids outside the vocabulary and word ids >= 2^32 are noted for the op's report, as
+// on the other row paths.
+#define MLMFAST_CPU_CAPABILITY portable
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/kernel.h"
+#include "cpu/kernel_rows.h"
+#include "span_mask.h"
+
+namespace mlmfast::cpu {
+namespace {
+
+using namespace portable;  // the helpers of kernel_rows.h, compiled here without ISA flags
+
+// A word id >= 2^32 in the row (every token, attended or not, is checked, as on the other paths):
+// then every token goes through check_token, which also checks the ids, and the chunk scans need
+// not report them again.
+template <typename T>
+bool check_row_if_suspect(const MaskInputs& in, const MaskParams& P, int64_t base, const T* ids,
+                          Problems& pr) {
+  if (!in.word_ids || in.word_kind != kInt64) return false;  // int32 word ids are below 2^32
+  const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
+  bool suspect = false;
+  for (int64_t j = 0; j < in.length; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
+  if (suspect) {
+    for (int64_t j = 0; j < in.length; ++j) check_token(in, P, base + j, ids[j], pr);
+  }
+  return suspect;
+}
+
+// The row's eligible tokens, a chunk at a time, into the word table R.
+template <typename T>
+void row_words(const Kernel& kernel, const MaskInputs& in, const MaskParams& P, int64_t base,
+               int64_t start, const T* ids, bool checked, Problems& pr, SpanWords& R,
+               const SpanScratch& S) {
+  alignas(64) uint8_t allow[kChunk];
+  const int64_t n = in.length - start;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
+    const int64_t off = base + start + c;
+    const T* idc = ids + start + c;
+    const ChunkScan scan = kernel.scan<T>()(m, idc, in, off, P, allow);
+    if (scan.bad && !checked) {  // noted here, reported after the parallel region
+      for (int q = 0; q < m; ++q) check_token(in, P, off + q, idc[q], pr);
+    }
+    if (P.n_special > kInlineSpecials) {  // not tested by the scan
+      for (int q = 0; q < scan.last; ++q)
+        allow[q] &= static_cast<uint8_t>(!is_special(P, static_cast<int64_t>(idc[q])));
+    }
+    if (in.word_ids && in.word_kind == kInt64) {
+      const int64_t* w = static_cast<const int64_t*>(in.word_ids) + off;
+      for (int q = 0; q < scan.last; ++q)
+        if (allow[q]) span_add_token(R, S, static_cast<int32_t>(c + q), w[q]);
+    } else if (in.word_ids) {
+      const int32_t* w = static_cast<const int32_t*>(in.word_ids) + off;
+      for (int q = 0; q < scan.last; ++q)
+        if (allow[q]) span_add_token(R, S, static_cast<int32_t>(c + q), w[q]);
+    } else {
+      for (int q = 0; q < scan.last; ++q)
+        if (allow[q]) span_add_token(R, S, static_cast<int32_t>(c + q), -1);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T, typename TO>
+void span_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1, TO* out, TO* lab,
+               Problems& pr) {
+  const Kernel& kernel = cpu_kernel();
+  const int64_t L = in.length;
+  std::vector<int32_t> scratch(static_cast<size_t>(3 * L));
+  const SpanScratch S{scratch.data(), scratch.data() + L, scratch.data() + 2 * L};
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t base = b * L;
+    const T* ids = static_cast<const T*>(in.ids) + base;
+    TO* o = out + base;
+    TO* l = lab + base;
+    pass_through(ids, L, o, l);
+    const bool checked = check_row_if_suspect(in, P, base, ids, pr);
+    const int64_t start = row_start(in, base, L);
+    const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
+    const RowKey key = row_key(P.seed, P.epoch, sid);
+    SpanWords R;
+    row_words(kernel, in, P, base, start, ids, checked, pr, R, S);
+    span_select(P, key, R, S);
+    span_emit(P, key, start, R, S, ids, o, l);
+  }
+}
+
+template void span_rows<int64_t, int64_t>(const MaskInputs&, const MaskParams&, int64_t, int64_t,
+                                          int64_t*, int64_t*, Problems&);
+template void span_rows<int32_t, int32_t>(const MaskInputs&, const MaskParams&, int64_t, int64_t,
+                                          int32_t*, int32_t*, Problems&);
+template void span_rows<int32_t, int64_t>(const MaskInputs&, const MaskParams&, int64_t, int64_t,
+                                          int64_t*, int64_t*, Problems&);
+
+}  // namespace mlmfast::cpu
