@@ -9,7 +9,7 @@ halves so that nothing overflows int64.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -180,6 +180,61 @@ def _span_selection(eligible, words, t_select, cdf, draws, span_log):
     return selected, head
 
 
+def _eligibility(
+    ids: torch.Tensor,
+    att: torch.Tensor | None,
+    stm: torch.Tensor | None,
+    specials: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eligible [B, L] bool, rel [B, L]: position counted from the row's first attended token,
+    0 before it): not a special id, attended, not flagged in special_tokens_mask."""
+    B, L = ids.shape
+    eligible = ~torch.isin(ids, torch.tensor(specials, dtype=torch.long))
+    if att is not None:
+        att = att != 0
+        eligible &= att
+        has = att.any(dim=1)
+        first = att.long().argmax(dim=1) if L else torch.zeros(B, dtype=torch.long)
+        start = torch.where(has, first, torch.full((B,), L))
+    else:
+        start = torch.zeros(B, dtype=torch.long)
+    if stm is not None:
+        eligible &= stm == 0
+    rel = torch.arange(L).unsqueeze(0) - start.unsqueeze(1)
+    eligible &= rel >= 0
+    return eligible, rel.clamp(min=0)
+
+
+def _replacements(
+    ids: torch.Tensor,
+    replace_draws: Callable[[], tuple[torch.Tensor, ...]],
+    head: torch.Tensor | None,
+    mask_token_id: int,
+    vocab_size: int,
+    skip: list[int],
+    mask_replace_prob: float,
+    random_replace_prob: float,
+) -> torch.Tensor:
+    """What each token becomes if selected (80/10/10): [MASK], a random id outside ``skip``, or
+    itself, from the x / y words of its replacement block (``replace_draws()``); with ``head``
+    (span mode), the decision of the token at ``head`` (its span's first token)."""
+    t_mask = threshold_of(mask_replace_prob)
+    t_random = min(threshold_of(random_replace_prob), ONE - t_mask)
+    if t_mask >= ONE:
+        return torch.full_like(ids, mask_token_id)
+    if t_mask == 0 and t_random == 0:
+        return ids
+    x, y, _, _ = replace_draws()
+    if head is not None:
+        x = x.gather(1, head)
+    random_ids = _random_token(y, vocab_size - len(skip), skip)
+    return torch.where(
+        x < t_mask,
+        torch.full_like(ids, mask_token_id),
+        torch.where(x < t_mask + t_random, random_ids, ids),
+    )
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     *,
@@ -229,22 +284,7 @@ def mask_tokens(
     epoch = int(epoch) & _M32
     specials = sorted({int(s) for s in special_ids})
 
-    att = to2d(attention_mask)
-    stm = to2d(special_tokens_mask)
-    eligible = ~torch.isin(ids, torch.tensor(specials, dtype=torch.long))
-    if att is not None:
-        att = att != 0
-        eligible &= att
-        has = att.any(dim=1)
-        first = att.long().argmax(dim=1) if L else torch.zeros(B, dtype=torch.long)
-        start = torch.where(has, first, torch.full((B,), L))
-    else:
-        start = torch.zeros(B, dtype=torch.long)
-    if stm is not None:
-        eligible &= stm == 0
-    rel = torch.arange(L).unsqueeze(0) - start.unsqueeze(1)
-    eligible &= rel >= 0
-    rel = rel.clamp(min=0)
+    eligible, rel = _eligibility(ids, to2d(attention_mask), to2d(special_tokens_mask), specials)
 
     sid = sample_ids.cpu().long() if sample_ids is not None else torch.arange(B)
     sid_lo = (sid & _M32).unsqueeze(1)
@@ -285,23 +325,11 @@ def mask_tokens(
     else:
         raise ValueError(f"mode must be 'bernoulli', 'exact' or 'span', got {mode!r}")
 
-    t_mask = threshold_of(mask_replace_prob)
-    t_random = min(threshold_of(random_replace_prob), ONE - t_mask)
-    if t_mask >= ONE:
-        replaced = torch.full_like(ids, mask_token_id)
-    elif t_mask == 0 and t_random == 0:
-        replaced = ids
-    else:
-        x, y, _, _ = philox(TAG_REPLACE | (rel & INDEX_MASK))
-        if head is not None:  # span mode: one 80/10/10 decision per span, its first token's
-            x = x.gather(1, head)
-        skip = specials if exclude_special_from_random else []
-        random_ids = _random_token(y, vocab_size - len(skip), skip)
-        replaced = torch.where(
-            x < t_mask,
-            torch.full_like(ids, mask_token_id),
-            torch.where(x < t_mask + t_random, random_ids, ids),
-        )
+    skip = specials if exclude_special_from_random else []
+    replaced = _replacements(
+        ids, lambda: philox(TAG_REPLACE | (rel & INDEX_MASK)), head, mask_token_id, vocab_size,
+        skip, mask_replace_prob, random_replace_prob,
+    )  # fmt: skip
     out = torch.where(selected, replaced, ids)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     positions = (
