@@ -473,29 +473,24 @@ def _tokenised(job: _Job, docs: Iterable) -> Iterator[tuple[list[int], list]]:
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp
     pending: list[list[int]] = []
-
-    def texts_only():
-        for b, texts in split:
-            pending.append([i for i, _ in b])
-            yield texts
-
     # each batch goes to the pool in pieces, so the last batch keeps every worker busy too
     pieces = 2 * job.num_proc
 
-    def split_batches():
-        for texts in texts_only():
+    def batch_pieces():
+        for b, texts in split:
+            pending.append([i for i, _ in b])
             step = -(-len(texts) // pieces)
             yield from ((k, texts[s : s + step]) for k, s in enumerate(range(0, len(texts), step)))
 
     init = (job.tok, job.word_ids, True, job.tagger, job.mode, job.max_length)
     with ctx.Pool(job.num_proc, initializer=_init_worker, initargs=init) as pool:
         encoded: list = []
-        for k, part in pool.imap(_encode_piece, split_batches()):
+        for k, part in pool.imap(_encode_piece, batch_pieces()):
             if k == 0 and encoded:
                 yield pending.pop(0), encoded
                 encoded = []
             encoded.extend(part)
-        if encoded or pending:
+        if encoded:  # the last batch (batches are never empty)
             yield pending.pop(0), encoded
 
 
