@@ -9,6 +9,7 @@ Switches (environment variables), in the spirit of flash-attention / xformers:
   MAX_JOBS               parallel compile jobs for ninja
   DEBUG=1                -O0 -g, device debug info, no -DNDEBUG, the .so not stripped
                          (a release build compiles with -g0 and links with -s)
+  PROFILE=1              a release build with symbols (-O3 -g, not stripped), for perf
   CUDA_HOME              CUDA toolkit root; see resolve_cuda_home() for the rule when unset
   MLMFAST_LOCAL_VERSION=0  do not append +cuXXXtorchX.Y to the version
 
@@ -196,6 +197,7 @@ def main() -> None:
         )
 
     debug = _flag("DEBUG")
+    profile = _flag("PROFILE") and not debug
     no_cuda = _flag("MLMFAST_NO_CUDA")
     force_cuda = _flag("FORCE_CUDA")
     torch_has_cuda = torch.version.cuda is not None
@@ -248,13 +250,13 @@ def main() -> None:
     # Python's sysconfig CFLAGS carry -g, which setuptools passes first: -g0 after it wins, and
     # -s links without the symbol table (the dynamic symbols stay). A release .so is about a
     # third of the size (docs/wheels.md).
-    cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG", "-g0"]
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG", "-g" if profile else "-g0"]
     cxx += ["-fvisibility=hidden"]  # the C++ standard is the one torch asks for
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-DNDEBUG", "-lineinfo"]
     # --fmad=false: no float contraction, so any float arithmetic is reproducible across backends
     # (the masking decisions themselves are integer-only).
     nvcc += ["--fmad=false", "--expt-relaxed-constexpr"]
-    link = [] if debug else ["-s"]
+    link = [] if debug or profile else ["-s"]
 
     isa_kernels = ISA_KERNELS if _x86_64_unix() else {}
     isa_sources = {source for source, _ in ISA_KERNELS.values()}
@@ -316,7 +318,8 @@ def main() -> None:
     if build_cuda:
         print(f"  TORCH_CUDA_ARCH_LIST {arch_list}")
     print(f"  MAX_JOBS             {os.environ.get('MAX_JOBS', '(ninja default)')}")
-    print(f"  DEBUG                {debug} ({'-g, not stripped' if debug else '-g0, stripped'})")
+    symbols = "-g, not stripped" if debug or profile else "-g0, stripped"
+    print(f"  DEBUG / PROFILE      {debug} / {profile} ({symbols})")
     print(f"  sources              {', '.join(sources)}")
     for isa, (source, flags) in isa_kernels.items():
         print(f"  {isa + ' kernel':<20} {source} {' '.join(flags)}")

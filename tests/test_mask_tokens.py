@@ -812,6 +812,32 @@ class TestExactMode:
             )
         assert (count == k).any()
 
+    @pytest.mark.parametrize("layout", ["regular", "lone", "cut", "restart", "long_words"])
+    @pytest.mark.parametrize("p", [0.15, 0.02, 0.6])
+    def test_exact_word_layouts(self, device, layout, p):
+        # The CPU's exact-with-words rows take a linear path when every word is one run of
+        # eligible tokens in increasing id order, and the general one otherwise; both must be
+        # the reference bit for bit. Rows span several 256-token chunks.
+        ids, att = bert_batch(24, 700, seed=7, min_len=0)
+        eligible = eligible_of(ids, att)
+        g = torch.Generator().manual_seed(8)
+        words = runs_word_ids(
+            eligible,
+            g,
+            p_new=0.05 if layout == "long_words" else 0.6,
+            restart_at=350 if layout == "restart" else None,
+        )
+        if layout == "lone":  # eligible tokens outside any word
+            words[torch.rand(words.shape, generator=g) < 0.2] = -1
+        if layout == "cut":  # a word interrupted by an unattended token comes back
+            att = att.clone()
+            att[:, 301] = 0
+            att[:, 5] = 0
+        kw = {**BERT, "attention_mask": att, "mlm_probability": p, "mode": "exact", "seed": 9}
+        for w in (words, words.to(torch.int32)):
+            run_op(device, ids, word_ids=w, **kw)
+            run_op(device, ids.to(torch.int32), word_ids=w, sample_ids=torch.arange(24) * 3, **kw)
+
     def test_exact_with_pos(self, device):
         probs = [0.0, 0.05, 0.15, 0.4, 1.0, 0.7]
         ids, att = bert_batch(256, 96, seed=45, min_len=0)

@@ -67,13 +67,28 @@ inline void check_token(const MaskInputs& in, const MaskParams& P, int64_t flat,
   }
 }
 
+// True when one of the n word ids is >= 2^32 (negative ids are fine). Shifts, masks and ors only,
+// so that even the portable build (SSE2, which has no 64-bit compare) vectorises it.
+inline bool words_above_u32(const int64_t* w, int64_t n) {
+  uint64_t hi = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint64_t x = static_cast<uint64_t>(w[j]);
+    hi |= (x >> 32) & ((x >> 63) - 1);  // the high half of a non-negative id
+  }
+  return hi != 0;
+}
+
 // Tokens that stay as they are: ids copied (widened when TO is wider), labels -100.
+// Two loops, each a plain copy or fill that vectorises (the in-place form has o == ids).
 template <typename T, typename TO>
 inline void pass_through(const T* ids, int64_t n, TO* o, TO* l) {
-  for (int64_t j = 0; j < n; ++j) {
-    o[j] = static_cast<TO>(ids[j]);
-    l[j] = static_cast<TO>(kIgnoreIndex);
+  if constexpr (std::is_same_v<T, TO>) {
+    if (static_cast<const void*>(o) != static_cast<const void*>(ids))
+      std::memcpy(o, ids, sizeof(T) * static_cast<size_t>(n));
+  } else {
+    for (int64_t j = 0; j < n; ++j) o[j] = static_cast<TO>(ids[j]);
   }
+  for (int64_t j = 0; j < n; ++j) l[j] = static_cast<TO>(kIgnoreIndex);
 }
 
 // ---- chunk scans: compares of int64 ids and masks only vectorise with AVX2 or wider ---------

@@ -27,8 +27,7 @@ bool check_row_if_suspect(const MaskInputs& in, const MaskParams& P, int64_t bas
                           Problems& pr) {
   if (!in.word_ids || in.word_kind != kInt64) return false;  // int32 word ids are below 2^32
   const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
-  bool suspect = false;
-  for (int64_t j = 0; j < in.length; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
+  const bool suspect = words_above_u32(w, in.length);
   if (suspect) {
     for (int64_t j = 0; j < in.length; ++j) check_token(in, P, base + j, ids[j], pr);
   }

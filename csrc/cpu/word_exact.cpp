@@ -9,77 +9,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/exact_words.h"
 #include "cpu/kernel.h"
 #include "cpu/kernel_rows.h"
+#include "cpu/word_rows.h"
 
 namespace mlmfast::cpu {
 namespace {
 
 using namespace portable;  // the helpers of kernel_rows.h, compiled here without ISA flags
-
-// The chosen kernel's primitives, as kernel_rows.h calls them.
-struct Table {
-  const Kernel& k;
-  void philox(int n, const uint32_t* c0, uint32_t c1, uint32_t c2, uint32_t c3, u32x2 key,
-              uint32_t* ox, uint32_t* oy, uint32_t* oz, uint32_t* ow) const {
-    k.philox(n, c0, c1, c2, c3, key, ox, oy, oz, ow);
-  }
-  template <typename T>
-  ChunkScan scan(int m, const T* ids, const MaskInputs& in, int64_t off, const MaskParams& P,
-                 uint8_t* allow) const {
-    return k.scan<T>()(m, ids, in, off, P, allow);
-  }
-};
-
-// The chunk scan for the per-token paths: allow[q] = eligible, special ids tested for lists of any
-// length; ids outside the vocabulary noted in `pr` unless the caller has checked the row
-// (`checked`). Returns 1 + the last token that may be selected (0 if none).
-template <typename T>
-int eligible_chunk(const Table& isa, int m, const T* ids, const MaskInputs& in, int64_t off,
-                   const MaskParams& P, uint8_t* allow, bool checked, Problems& pr) {
-  const ChunkScan scan = isa.scan(m, ids, in, off, P, allow);
-  if (scan.bad && !checked) {  // noted here, reported after the parallel region
-    for (int q = 0; q < m; ++q) check_token(in, P, off + q, ids[q], pr);
-  }
-  if (P.n_special > kInlineSpecials) {  // not tested by the scan
-    for (int q = 0; q < scan.last; ++q)
-      allow[q] &= static_cast<uint8_t>(!is_special(P, static_cast<int64_t>(ids[q])));
-  }
-  return scan.last;
-}
-
-// A POS class outside the table or a word id >= 2^32 in the row at base (every token, attended
-// or not, is checked): then every token goes through check_token, which also checks the ids
-// (noted here, reported after the parallel region), and the function returns true: the chunk
-// scans need not check the ids again.
-template <typename T>
-bool check_row_if_suspect(const MaskInputs& in, const MaskParams& P, int64_t base, int64_t L,
-                          const T* ids, Problems& pr) {
-  bool suspect = false;
-  if (in.pos_ids) {
-    for (int64_t j = 0; j < L; ++j) suspect |= in.pos_ids[base + j] >= P.n_pos;
-  }
-  if (in.word_ids && in.word_kind == kInt64) {  // int32 word ids are always below 2^32
-    const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
-    for (int64_t j = 0; j < L; ++j) suspect |= w[j] > int64_t(0xFFFFFFFF);
-  }
-  if (suspect) {
-    for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, ids[j], pr);
-  }
-  return suspect;
-}
-
-// wid[q] = word id of token off + q for q < m (-1 without word ids): one loop per element type.
-inline void words_of_chunk(const MaskInputs& in, int64_t off, int m, int64_t* wid) {
-  if (in.word_ids && in.word_kind == kInt64) {
-    std::memcpy(wid, static_cast<const int64_t*>(in.word_ids) + off, sizeof(int64_t) * m);
-  } else if (in.word_ids && in.word_kind == kInt32) {
-    const int32_t* w = static_cast<const int32_t*>(in.word_ids) + off;
-    for (int q = 0; q < m; ++q) wid[q] = w[q];
-  } else {
-    std::fill(wid, wid + m, int64_t(-1));
-  }
-}
 
 // Bernoulli mode with word ids and/or POS classes: every eligible token (or word) independently
 // with its threshold. Eligibility by the vectorised chunk scan; per chunk, the draws of its words
@@ -107,20 +45,21 @@ void bernoulli_row(const Table& isa, const MaskInputs& in, const MaskParams& P, 
     // Where each eligible token's draw comes from: lane w & 3 of the word block w >> 2 (the
     // chunk's distinct consecutive blocks, one Philox batch), or for a token outside any word
     // lane q & 3 of the chunk's selection block q >> 2 (another batch, only when needed).
+    // Branch-free: a word's block is written every time and kept when it differs from the
+    // previous one (blocks are below 2^30, so the initial `prev` matches none).
     int nw = 0;
     bool token_draws = false;
+    uint32_t prev = 0xFFFFFFFFu;
     words_of_chunk(in, off, last, wid);
     for (int q = 0; q < last; ++q) {
-      if (!allow[q]) continue;
       const int64_t w = wid[q];
-      if (w < 0) {
-        src[q] = -1;
-        token_draws = true;
-        continue;
-      }
-      const uint32_t block = static_cast<uint32_t>(w) >> 2;
-      if (nw == 0 || wblk[nw - 1] != block) wblk[nw++] = block;
-      src[q] = (nw - 1) << 2 | static_cast<int32_t>(w & 3);
+      const bool in_word = allow[q] & (w >= 0);
+      const uint32_t block = in_word ? static_cast<uint32_t>(w) >> 2 : prev;
+      wblk[nw] = block;
+      nw += block != prev;
+      prev = block;
+      src[q] = in_word ? (nw - 1) << 2 | static_cast<int32_t>(w & 3) : -1;
+      token_draws |= allow[q] & (w < 0);
     }
     if (nw) {
       for (int i = 0; i < nw; ++i) ctr[i] = kTagWord | (wblk[i] & kIndexMask);
@@ -141,31 +80,6 @@ void bernoulli_row(const Table& isa, const MaskInputs& in, const MaskParams& P, 
       replace_selected(isa, P, r.key, ids, c, sel, ns, out + r.start, lab + r.start, ctr, rx, ry,
                        rz, rw);
   }
-}
-
-// The k smallest of `keys` (distinct) moved to its front, in any order. A radix step on the top
-// 6 bits (the draws are uniform: ~n/64 keys per bucket) finds the bucket holding the k-th
-// smallest; only that bucket is partially sorted. Branch-light, unlike nth_element over the
-// whole row, whose compares of random keys mispredict half of the time.
-inline void smallest_first(std::vector<uint64_t>& keys, uint64_t k, std::vector<uint64_t>& spill) {
-  uint32_t hist[64] = {};
-  for (const uint64_t key : keys) ++hist[key >> 58];
-  uint64_t below = 0;
-  int edge = 0;
-  while (below + hist[edge] < k) below += hist[edge++];
-  spill.clear();
-  size_t w = 0;
-  for (const uint64_t key : keys) {
-    const int b = static_cast<int>(key >> 58);
-    if (b < edge)
-      keys[w++] = key;  // w <= the index being read: nothing unread is overwritten
-    else if (b == edge)
-      spill.push_back(key);
-  }
-  const uint64_t need = k - below;  // 1 .. hist[edge]
-  // the need-th smallest at need - 1, the smaller ones in front of it
-  std::nth_element(spill.begin(), spill.begin() + static_cast<int64_t>(need - 1), spill.end());
-  std::copy(spill.begin(), spill.begin() + static_cast<int64_t>(need), keys.begin() + w);
 }
 
 struct Unit {
@@ -376,10 +290,14 @@ void exact_row_plain(const Table& isa, const MaskInputs& in, const MaskParams& P
     const int last = eligible_chunk(isa, m, ids + c, in, base + r.start + c, P, allow, false, pr);
     if (P.t_select == 0 || last == 0) continue;
     row_draws(isa, r.key, selection_counters(c, last, ctr), ctr, rx, ry, rz, rw, u);
-    for (int q = 0; q < last; ++q) {
-      if (allow[q])
-        keys.push_back(static_cast<uint64_t>(u[q]) << 32 | static_cast<uint64_t>(c + q));
+    const size_t had = keys.size();
+    keys.resize(had + static_cast<size_t>(last));
+    size_t nk = had;
+    for (int q = 0; q < last; ++q) {  // branch-free: written always, kept when eligible
+      keys[nk] = static_cast<uint64_t>(u[q]) << 32 | static_cast<uint64_t>(c + q);
+      nk += allow[q];
     }
+    keys.resize(nk);
   }
   const uint64_t units = keys.size();
   const uint64_t k = std::min<uint64_t>(exact_budget(units * P.t_select, units > 0), units);
@@ -400,6 +318,7 @@ void word_exact_rows(const Kernel& kernel, const MaskInputs& in, const MaskParam
   const Table isa{kernel};
   const int64_t L = in.length;
   ExactScratch exact;
+  WordUnits units;
   std::vector<uint64_t> keys, spill;
   for (int64_t b = b0; b < b1; ++b) {
     const T* ids = static_cast<const T*>(in.ids) + b * L;
@@ -409,7 +328,10 @@ void word_exact_rows(const Kernel& kernel, const MaskInputs& in, const MaskParam
     TO* l = lab + b * L;
     if (in.exact && !in.word_ids && P.n_pos == 0)
       exact_row_plain(isa, in, P, r, o, l, pr, keys, spill);
-    else if (in.exact)
+    else if (in.exact && P.n_pos == 0) {
+      if (!exact_words_row(isa, in, P, r, o, l, pr, units))
+        exact_row(isa, in, P, r, o, l, pr, exact);
+    } else if (in.exact)
       exact_row(isa, in, P, r, o, l, pr, exact);
     else
       bernoulli_row(isa, in, P, r, o, l, pr);
