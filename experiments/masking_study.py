@@ -21,7 +21,9 @@ seed); only the masking differs. Then every model is measured the same way:
 Runs (BERT's ablation of the split, Wettig et al.'s question of the rate, and mlmfast's POS and
 whole-word options): 80/10/10 at 15% (BERT), 100/0/0 (always [MASK]), 80/0/20 (no random),
 80/20/0 (no keep), 15% -> 30% and 40% at 80/10/10, POS-weighted (the ``content`` preset:
-content words three times as likely, same expected rate) and whole-word masking.
+content words three times as likely, same expected rate), whole-word masking and SpanBERT's span
+masking (spans of whole words, Geometric(0.2) lengths up to 10 words, one 80/10/10 decision per
+span).
 
 Run from the repository root::
 
@@ -92,6 +94,7 @@ RUNS = [
     ("rate-40", {"mlm_probability": 0.40}),
     ("pos-content", {"pos_weights": "content"}),
     ("whole-word", {"whole_word": True}),
+    ("span-words", {"mode": "span", "whole_word": True}),  # SpanBERT: Geometric(0.2) <= 10 words
 ]
 PROBES = {  # name: (mask_replace_prob, random_replace_prob) of the evaluation mask
     "mask": (1.0, 0.0),
@@ -135,7 +138,7 @@ def pretrain_one(work: str, name: str, masking: dict, shards: tuple[str, str]) -
         tensorboard=False,
         progress=True,
         resume=resume,
-        **masking,
+        **{("mask_mode" if k == "mode" else k): v for k, v in masking.items()},
     )
     return pretrain(cfg)
 
@@ -192,9 +195,9 @@ def markdown(result: dict) -> str:
         f"{result['machine']['torch_threads']} torch thread(s) on {result['machine']['cpus']} "
         f"shared CPU cores; {result['wall_time_s']:.0f} s in all.",
         "",
-        "| run | rate | [MASK]/random/keep | POS | whole word | mask acc | keep acc "
+        "| run | rate | [MASK]/random/keep | POS | whole word | spans | mask acc | keep acc "
         "| random acc | mask loss | downstream test acc |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         m = r["masking"]
@@ -203,7 +206,8 @@ def markdown(result: dict) -> str:
         p = r["probes"]
         lines.append(
             f"| {r['run']} | {m['mlm_probability']:.0%} | {split} | {m['pos_weights'] or '—'} "
-            f"| {'yes' if m['whole_word'] else 'no'} | {p['mask']['accuracy']:.3f} "
+            f"| {'yes' if m['whole_word'] else 'no'} "
+            f"| {'yes' if m.get('mode') == 'span' else 'no'} | {p['mask']['accuracy']:.3f} "
             f"| {p['keep']['accuracy']:.3f} | {p['random']['accuracy']:.3f} "
             f"| {p['mask']['loss']:.3f} | {r['downstream']['accuracy']:.3f} |"
         )
@@ -290,6 +294,7 @@ def main(argv=None) -> int:
                     "random_replace_prob": cfg.random_replace_prob,
                     "pos_weights": cfg.pos_weights,
                     "whole_word": cfg.whole_word,
+                    "mode": cfg.mode,
                 },
                 "pretrain": {
                     "steps": pre["step"],

@@ -30,7 +30,7 @@ def test_masking_study_smoke(tmp_path):
     with open(tmp_path / "smoke" / "masking_study.json", encoding="utf-8") as f:
         result = json.load(f)
     runs = {r["run"]: r for r in result["runs"]}
-    assert len(runs) == 8
+    assert len(runs) == 9
     for r in runs.values():
         assert set(r["probes"]) == {"mask", "keep", "random"}
         for p in r["probes"].values():
@@ -44,6 +44,8 @@ def test_masking_study_smoke(tmp_path):
     assert runs["rate-40"]["masking"]["mlm_probability"] == 0.4
     assert runs["pos-content"]["masking"]["pos_weights"] == "content"
     assert runs["whole-word"]["masking"]["whole_word"] is True
+    assert runs["span-words"]["masking"]["mode"] == "span"
+    assert runs["span-words"]["masking"]["whole_word"] is True
     assert (tmp_path / "smoke" / "masking_study.png").stat().st_size > 10_000
     assert (
         "| bert-80-10-10 | 15% | 80%/10%/10% |"
