@@ -111,17 +111,31 @@ MLMFAST_HD void span_add_token(SpanWords& R, const SpanScratch& S, int32_t rel, 
   ++R.n;
 }
 
+// The counter of attempt a (a < kMaxSpanAttempts).
+MLMFAST_HD uint32_t span_attempt_counter(uint64_t a) {
+  return kTagSelect | kSpanAttempt | static_cast<uint32_t>(a & (kSpanAttempt - 1));
+}
+
+// The draw of attempt a, computed when asked (a backend may instead hand out precomputed batches
+// of the same numbers: see span_select's `draw`).
+struct SpanDrawsAt {
+  RowKey key;
+  MLMFAST_HD u32x4 operator()(uint64_t a) { return philox_at(key, span_attempt_counter(a)); }
+};
+
 // The attempts (the rule at the top of this file): marks the words of the accepted spans in
-// S.mark. Returns the tokens masked.
-MLMFAST_HD uint64_t span_select(const MaskParams& P, const RowKey& key, const SpanWords& R,
-                                const SpanScratch& S) {
+// S.mark. Returns the tokens masked. draw(a) gives attempt a's Philox block, the attempts asked
+// for in increasing order.
+template <typename Draws>
+MLMFAST_HD uint64_t span_select(const MaskParams& P, const SpanWords& R, const SpanScratch& S,
+                                Draws& draw) {
   const int64_t W = R.W;
   const uint64_t k =
       exact_budget(static_cast<uint64_t>(R.n) * P.t_select, R.n > 0 && P.t_select > 0);
   const uint64_t attempts = span_attempts(k);
   uint64_t count = 0;
   for (uint64_t a = 0; a < attempts && count < k; ++a) {
-    const u32x4 r = philox_at(key, kTagSelect | kSpanAttempt | static_cast<uint32_t>(a));
+    const u32x4 r = draw(a);
     const int64_t len = span_length_of(P, r.x);
     const int64_t s = static_cast<int64_t>(span_uniform(r.y, r.z, static_cast<uint64_t>(W)));
     const int64_t e = s + len - 1;
@@ -138,6 +152,12 @@ MLMFAST_HD uint64_t span_select(const MaskParams& P, const RowKey& key, const Sp
     count += static_cast<uint64_t>(S.wend[s + m - 1] - S.wstart[s]);
   }
   return count;
+}
+
+MLMFAST_HD uint64_t span_select(const MaskParams& P, const RowKey& key, const SpanWords& R,
+                                const SpanScratch& S) {
+  SpanDrawsAt draw{key};
+  return span_select(P, R, S, draw);
 }
 
 // The 80/10/10 category draw of the span whose first token is at position head.

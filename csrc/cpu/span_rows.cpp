@@ -34,13 +34,40 @@ bool check_row_if_suspect(const MaskInputs& in, const MaskParams& P, int64_t bas
   return suspect;
 }
 
-// The row's eligible tokens, a chunk at a time, into the word table R.
+// The row's eligible tokens, a chunk at a time, into the word table R: the table span_add_token
+// builds, laid out without branches on the word structure (a word's entry is rewritten by each of
+// its tokens; cur_w is the previous token's word id when that token was eligible, else -2).
+template <typename W>
+void chunk_words(const uint8_t* allow, int last, const W* w, int64_t c, int64_t& cur_w,
+                 SpanWords& R, const SpanScratch& S) {
+  int64_t nw = R.W;
+  int32_t run_start = nw ? S.wstart[nw - 1] : 0;
+  for (int q = 0; q < last; ++q) {
+    if (!allow[q]) {  // eligibility comes in long runs: a well-predicted branch
+      cur_w = -2;
+      continue;
+    }
+    const int64_t wq = w ? static_cast<int64_t>(w[q]) : -1;
+    const bool cont = wq >= 0 && wq == cur_w;
+    const int32_t rel = static_cast<int32_t>(c + q);
+    nw += !cont;
+    run_start = cont ? run_start : rel;
+    S.wstart[nw - 1] = run_start;
+    S.wend[nw - 1] = rel + 1;
+    S.mark[nw - 1] = 0;
+    cur_w = wq >= 0 ? wq : -2;
+    ++R.n;
+  }
+  R.W = nw;
+}
+
 template <typename T>
 void row_words(const Kernel& kernel, const MaskInputs& in, const MaskParams& P, int64_t base,
                int64_t start, const T* ids, bool checked, Problems& pr, SpanWords& R,
                const SpanScratch& S) {
   alignas(64) uint8_t allow[kChunk];
   const int64_t n = in.length - start;
+  int64_t cur_w = -2;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int64_t off = base + start + c;
@@ -53,20 +80,38 @@ void row_words(const Kernel& kernel, const MaskInputs& in, const MaskParams& P, 
       for (int q = 0; q < scan.last; ++q)
         allow[q] &= static_cast<uint8_t>(!is_special(P, static_cast<int64_t>(idc[q])));
     }
-    if (in.word_ids && in.word_kind == kInt64) {
-      const int64_t* w = static_cast<const int64_t*>(in.word_ids) + off;
-      for (int q = 0; q < scan.last; ++q)
-        if (allow[q]) span_add_token(R, S, static_cast<int32_t>(c + q), w[q]);
-    } else if (in.word_ids) {
-      const int32_t* w = static_cast<const int32_t*>(in.word_ids) + off;
-      for (int q = 0; q < scan.last; ++q)
-        if (allow[q]) span_add_token(R, S, static_cast<int32_t>(c + q), w[q]);
-    } else {
-      for (int q = 0; q < scan.last; ++q)
-        if (allow[q]) span_add_token(R, S, static_cast<int32_t>(c + q), -1);
-    }
+    if (in.word_ids && in.word_kind == kInt64)
+      chunk_words(allow, scan.last, static_cast<const int64_t*>(in.word_ids) + off, c, cur_w, R, S);
+    else if (in.word_ids)
+      chunk_words(allow, scan.last, static_cast<const int32_t*>(in.word_ids) + off, c, cur_w, R, S);
+    else
+      chunk_words<int32_t>(allow, scan.last, nullptr, c, cur_w, R, S);
+    if (scan.last < m) cur_w = -2;  // the chunk's tail is not eligible
   }
 }
+
+// The attempts' draws in vectorised Philox batches, handed out in order: 32 first (a row of
+// 512 tokens typically needs 15-30 attempts), each further batch twice as large, up to kChunk.
+struct BatchedSpanDraws {
+  const Kernel& kernel;
+  RowKey key;
+  uint64_t base = 0, filled = 0;  // draws of attempts [base, filled) are in x..w
+  int batch = 32;
+  alignas(64) uint32_t ctr[kChunk], x[kChunk], y[kChunk], z[kChunk], w[kChunk];
+  u32x4 operator()(uint64_t a) {
+    if (a >= filled) {
+      base = a;
+      for (int i = 0; i < batch; ++i) ctr[i] = span_attempt_counter(a + static_cast<uint64_t>(i));
+      kernel.philox(batch, ctr, key.epoch, static_cast<uint32_t>(key.sample_id),
+                    static_cast<uint32_t>(key.sample_id >> 32), u32x2{key.seed_lo, key.seed_hi}, x,
+                    y, z, w);
+      filled = a + static_cast<uint64_t>(batch);
+      batch = std::min(2 * batch, kChunk);
+    }
+    const uint64_t i = a - base;
+    return u32x4{x[i], y[i], z[i], w[i]};
+  }
+};
 
 }  // namespace
 
@@ -89,7 +134,8 @@ void span_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1
     const RowKey key = row_key(P.seed, P.epoch, sid);
     SpanWords R;
     row_words(kernel, in, P, base, start, ids, checked, pr, R, S);
-    span_select(P, key, R, S);
+    BatchedSpanDraws draws{kernel, key};
+    span_select(P, R, S, draws);
     span_emit(P, key, start, R, S, ids, o, l);
   }
 }
