@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -21,13 +22,20 @@
 
 namespace mlmfast::cpu::portable {
 
-// Reused working memory of exact_words_row (one per thread). Units are numbered from 1.
-constexpr uint32_t kLone = 0x80000000u;  // WordUnits::src of a token outside words
+constexpr uint32_t kLone = 0x80000000u;  // WordUnit::src of a token outside words
 
+// A unit: its first and last eligible positions, and where its draw is (word_u[src] for a word,
+// lone_u[src & ~kLone], by position, for a token outside words).
+struct WordUnit {
+  int32_t first, last;
+  uint32_t src, unused;
+};
+
+// Reused working memory of exact_words_row (one per thread). Units are numbered from 1 (unit 0
+// takes the layout's writes for tokens that start no unit).
 struct WordUnits {
-  std::vector<int32_t> first, size;  // a unit's first position and its eligible tokens
-  std::vector<uint32_t> src;         // where its draw is (see exact_words_row)
-  std::vector<uint64_t> keys;        // keys[k - 1] = draw << 32 | first position of unit k
+  std::vector<WordUnit> units;
+  std::vector<uint64_t> keys;  // keys[k - 1] = draw << 32 | first position of unit k
   std::vector<int32_t> taken;
   std::vector<uint32_t> blocks, word_u, lone_u;
   std::vector<std::pair<uint64_t, int32_t>> bucket;
@@ -49,63 +57,60 @@ bool exact_words_row(const Table& isa, const MaskInputs& in, const MaskParams& P
   const bool suspect = check_row_if_suspect(in, P, base, L, r.ids, pr);
   const T* ids = r.ids + r.start;
   const int64_t n = L - r.start;
-  for (auto* v : {&S.first, &S.size}) v->resize(static_cast<size_t>(n + 1));
-  S.src.resize(static_cast<size_t>(n + 1));
+  S.units.resize(static_cast<size_t>(n + 1));
   S.blocks.resize(static_cast<size_t>(n + 1));
   S.lone_u.resize(static_cast<size_t>(n));
-  int32_t* first = S.first.data();
-  int32_t* size = S.size.data();
-  uint32_t* src = S.src.data();  // where a unit's draw is: word_u[src], or lone_u[src & ~kLone]
+  WordUnit* U = S.units.data();
   uint32_t* blocks = S.blocks.data();
   uint32_t* lone_u = S.lone_u.data();
-  int64_t nu = 0, nb = 0, nl = 0, eligible = 0;
-  int64_t cur_w = -2, max_w = -1;  // cur_w: the previous token's word if it was eligible, else -2
-  int32_t run = 0, run_first = 0;  // the current unit, kept in registers
-  uint32_t run_src = 0;
-  uint32_t prev = 0xFFFFFFFFu;  // the last word block: none yet (blocks are below 2^30)
-  bool regular = true;
+  int64_t nu = 0, nb = 0, eligible = 0;
+  int64_t cur_w = -2, last_w = -1;  // cur_w: the previous token's word if it was eligible, else -2
+  uint32_t prev = 0xFFFFFFFFu;      // the last word block: none yet (blocks are below 2^30)
+  bool irregular = false;
   for (int64_t c = 0; c < n; c += kChunk) {  // layout: one unit per word run or lone token
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int64_t off = base + r.start + c;
     const int last = eligible_chunk(isa, m, ids + c, in, off, P, allow, suspect, pr);
     words_of_chunk(in, off, last, wid);
-    for (int q = 0; q < last; ++q) eligible += allow[q];
-    const int64_t chunk_lone = nl;
+    bool lone = false;
     for (int q = 0; q < last; ++q) {
-      const int64_t w = wid[q];
+      eligible += allow[q];
+      lone |= allow[q] & (wid[q] < 0);
+    }
+    if (lone) {  // the chunk's selection draws, by position, for its tokens outside words
+      row_draws(isa, r.key, selection_counters(c, last, ctr), ctr, rx, ry, rz, rw, tu);
+      std::memcpy(lone_u + c, tu, sizeof(uint32_t) * static_cast<size_t>(last));
+    }
+    // Few live values and no branch on the word structure (multi-token words come at random):
+    // a token that continues its unit writes its start to unit 0, a sink.
+    for (int q = 0; q < last; ++q) {
       if (!allow[q]) {  // eligibility comes in long runs: a well-predicted branch
         cur_w = -2;
         continue;
       }
+      const int64_t w = wid[q];
+      const int32_t j = static_cast<int32_t>(c + q);
       const bool in_word = w >= 0;
-      const bool cont = w == cur_w;  // cur_w >= 0 here means the previous token was eligible
-      regular &= cont | !in_word | (w > max_w);
-      max_w = std::max(max_w, w);
-      // a word's block, appended when it differs from the last one (words come in id order)
+      const bool cont = in_word & (w == cur_w);      // the previous token was eligible, same word
+      irregular |= in_word & !cont & (w <= last_w);  // words must come once, in id order
+      last_w = in_word ? w : last_w;
       const uint32_t block = in_word ? static_cast<uint32_t>(w) >> 2 : prev;
       blocks[nb] = block;
       nb += block != prev;
       prev = block;
-      const uint32_t s = in_word ? static_cast<uint32_t>(nb - 1) << 2 | static_cast<uint32_t>(w & 3)
-                                 : kLone | static_cast<uint32_t>(nl);
-      // stores only (no read-modify-write through memory): unit nu is (re)written every time
+      const uint32_t src = in_word
+                               ? static_cast<uint32_t>(nb - 1) << 2 | static_cast<uint32_t>(w & 3)
+                               : kLone | static_cast<uint32_t>(j);
       nu += !cont;
-      run = cont ? run + 1 : 1;
-      run_first = cont ? run_first : static_cast<int32_t>(c + q);
-      run_src = cont ? run_src : s;
-      first[nu] = run_first;
-      size[nu] = run;
-      src[nu] = run_src;
-      sel[nl - chunk_lone] = q;
-      nl += !in_word;
+      const int64_t d = nu & (static_cast<int64_t>(cont) - 1);  // cont: 0, else nu
+      U[d].first = j;
+      U[d].src = src;
+      U[nu].last = j;
       cur_w = in_word ? w : -2;
     }
     if (last < m) cur_w = -2;
-    if (nl > chunk_lone) {  // the selection draws of the chunk's tokens outside words
-      row_draws(isa, r.key, selection_counters(c, last, ctr), ctr, rx, ry, rz, rw, tu);
-      for (int64_t i = chunk_lone; i < nl; ++i) lone_u[i] = tu[sel[i - chunk_lone]];
-    }
   }
+  const bool regular = !irregular;
   if (!regular) return false;
   const uint64_t budget =
       exact_budget(static_cast<uint64_t>(eligible) * P.t_select, eligible > 0 && P.t_select > 0);
@@ -122,10 +127,10 @@ bool exact_words_row(const Table& isa, const MaskInputs& in, const MaskParams& P
   uint64_t* keys = S.keys.data();
   uint64_t hist[64] = {};
   for (int64_t k = 1; k <= nu; ++k) {
-    const uint32_t s = src[k];
+    const uint32_t s = U[k].src;
     const uint32_t uk = (s & kLone) ? lone_u[s & ~kLone] : word_u[s];
-    keys[k - 1] = static_cast<uint64_t>(uk) << 32 | static_cast<uint32_t>(first[k]);
-    hist[keys[k - 1] >> 58] += static_cast<uint64_t>(size[k]);
+    keys[k - 1] = static_cast<uint64_t>(uk) << 32 | static_cast<uint32_t>(U[k].first);
+    hist[keys[k - 1] >> 58] += static_cast<uint64_t>(U[k].last - U[k].first + 1);
   }
   uint64_t count = 0;
   int edge = 0;
@@ -146,9 +151,10 @@ bool exact_words_row(const Table& isa, const MaskInputs& in, const MaskParams& P
     }
     std::sort(S.bucket.begin(), S.bucket.end());
     for (const auto& [key, k] : S.bucket) {
-      if (count + static_cast<uint64_t>(size[k]) <= budget) {
+      const uint64_t size = static_cast<uint64_t>(U[k].last - U[k].first + 1);
+      if (count + size <= budget) {
         taken[nt++] = k;
-        count += static_cast<uint64_t>(size[k]);
+        count += size;
         if (count == budget) break;
       }
     }
@@ -162,7 +168,7 @@ bool exact_words_row(const Table& isa, const MaskInputs& in, const MaskParams& P
   int ns = 0;
   for (int64_t i = 0; i < nt; ++i) {
     const int32_t k = taken[i];
-    for (int32_t j = first[k]; j < first[k] + size[k]; ++j) {
+    for (int32_t j = U[k].first; j <= U[k].last; ++j) {
       sel[ns++] = j;
       if (ns == kChunk) {
         replace_selected(isa, P, r.key, ids, 0, sel, ns, out + r.start, lab + r.start, ctr, rx, ry,
