@@ -334,7 +334,7 @@ def _add_prepare_parser(sub) -> None:
     a("--word-ids", action="store_true", help="store word ids per token (whole-word masking)")
     a("--pos", nargs="?", const=True, default=False, choices=("fast", "spacy"),
       help="store a part-of-speech class per token (implies --word-ids), tagged by 'spacy' (the "
-      "default, the reference) or 'fast' (a small tagger distilled from spaCy: ~50x faster, "
+      "default, the reference) or 'fast' (a small tagger distilled from spaCy: prepare ~8x faster, "
       "agrees with it on ~95-97%% of tokens); the manifest records the tagger and the class "
       "frequencies")  # fmt: skip
     a("--pos-model", default=None, help="--pos spacy: the spaCy model (None: "

@@ -18,7 +18,7 @@ rescaling between layers is elementwise. One document's classes therefore never 
 other documents of its batch or on the thread count. The per-word part is a pure function of
 the word's string and is kept per word, so a word seen before costs one dictionary lookup.
 
-The weights (``fast_tagger.npz``, package data, ~1 MB) are made by
+The weights (``fast_tagger.npz``, package data, 1.2 MB) are made by
 ``scripts/train_pos_tagger.py``, which documents the recipe.
 """
 

