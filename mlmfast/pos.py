@@ -22,14 +22,14 @@ SPECIAL = len(UPOS)  # class of special tokens and padding
 NUM_CLASSES = SPECIAL + 1
 CLASS_OF = {tag: i for i, tag in enumerate(UPOS)}
 
-_CONTENT = ("NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM")
+CONTENT = ("NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM")
 PRESETS: dict[str, dict[str, float]] = {
     # every class alike: the same as no POS weighting
     "uniform": {tag: 1.0 for tag in UPOS},
     # content words three times as likely as function words and punctuation
-    "content": {tag: (3.0 if tag in _CONTENT else 1.0) for tag in UPOS},
+    "content": {tag: (3.0 if tag in CONTENT else 1.0) for tag in UPOS},
     # only content words
-    "content-only": {tag: (1.0 if tag in _CONTENT else 0.0) for tag in UPOS},
+    "content-only": {tag: (1.0 if tag in CONTENT else 0.0) for tag in UPOS},
     # nouns and proper nouns (entity-like tokens) twice as likely, punctuation never
     "nouns": {**{tag: 1.0 for tag in UPOS}, "NOUN": 2.0, "PROPN": 2.0, "PUNCT": 0.0},
 }

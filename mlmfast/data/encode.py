@@ -78,7 +78,7 @@ def _encode(texts: list) -> list[Encoded | None]:
         if live
         else {"input_ids": []}
     )
-    tagged = tagger.tag(live) if tagger is not None and live else []
+    tagged = _tag(tagger, live, enc) if tagger is not None and live else []
     out: list[Encoded | None] = []
     k = 0
     for t in texts:
@@ -101,6 +101,33 @@ def _encode(texts: list) -> list[Encoded | None]:
         out.append(Encoded(ids, words if _WORKER_WORDS else None, classes, starts, word_start))
         k += 1
     return out
+
+
+def _tag(tagger: Any, texts: list[str], enc: Any) -> list:
+    """Tag a batch. The fast tagger tags BERT words: with a tokenizer whose pre-tokenizer is
+    BERT's, the words of its encoding (offsets and word ids, already there) instead of
+    finding them again."""
+    words_of_encoding = getattr(tagger, "tag_words", None) is not None and _bert_words(
+        _WORKER_TOKENIZER
+    )
+    if not words_of_encoding:
+        return tagger.tag(texts)
+    spans = []
+    for k in range(len(texts)):
+        offsets = np.asarray(enc["offset_mapping"][k], dtype=np.int64).reshape(-1, 2)
+        words = _word_array(enc.word_ids(k))
+        first = np.ones(len(words), dtype=bool)
+        first[1:] = words[1:] != words[:-1]
+        last = np.ones(len(words), dtype=bool)
+        last[:-1] = first[1:]
+        spans.append(np.stack([offsets[first, 0], offsets[last, 1]], 1))
+    return tagger.tag_words(texts, spans)
+
+
+def _bert_words(tokenizer: Any) -> bool:
+    """Whether the tokenizer's words are BERT's (its pre-tokenizer is ``BertPreTokenizer``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return type(getattr(backend, "pre_tokenizer", None)).__name__ == "BertPreTokenizer"
 
 
 def _encode_piece(piece: tuple[int, list]) -> tuple[int, list[Encoded | None]]:

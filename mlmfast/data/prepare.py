@@ -35,12 +35,14 @@ Packing (``max_length`` = L, C = L - 2 content tokens per row):
 B's words continue after A's), ``-1`` on special tokens. Pair rows store ``token_type_ids``; the
 manifest records the packing ``mode``.
 
-``pos`` (``--pos``): each batch of documents is also tagged with spaCy in the same process
-(:mod:`mlmfast.data.tagging`), tokenised with offsets, and every token gets the Universal POS
-class of its word (``pos_ids``, ``SPECIAL`` on [CLS]/[SEP]); it implies ``word_ids``. The
-manifest records ``pos_class_frequencies`` (the share of each class among non-special tokens,
-from per-shard ``pos_counts``) and the tagger (``pos_tagger``). Sentence pairs are cut from the
-tagged document, text pairs tag each text on its own, so tags, word ids and tokens stay aligned.
+``pos`` (``--pos``): each batch of documents is also tagged in the same process, by spaCy
+(``--pos spacy``, the default; :mod:`mlmfast.data.tagging`) or by the tagger distilled from it
+(``--pos fast``: prepare ~8x faster, ~95-97% agreement; :mod:`mlmfast.data.fast_tagging`),
+tokenised with offsets, and every token gets the Universal POS class of its word (``pos_ids``,
+``SPECIAL`` on [CLS]/[SEP]); it implies ``word_ids``. The manifest records
+``pos_class_frequencies`` (the share of each class among non-special tokens, from per-shard
+``pos_counts``) and the tagger (``pos_tagger``). Sentence pairs are cut from the tagged document,
+text pairs tag each text on its own, so tags, word ids and tokens stay aligned.
 
 Resume: after each shard, ``progress.json`` records the shards so far and the stream position
 (input document index, token offset inside it) where the next row starts. A rerun of the same
@@ -217,7 +219,7 @@ def prepare(
     limit: int | None = None,
     skip: int = 0,
     word_ids: bool = False,
-    pos: bool = False,
+    pos: bool | str = False,
     pos_model: str | None = None,
     num_proc: int = 1,
     batch_docs: int = 1000,
@@ -232,8 +234,10 @@ def prepare(
     ``tokenizer``: a fast tokenizer, a tokenizer directory, or None for the embedded one.
     ``mode``: ``pack`` (default), ``document``, ``sentence-pairs`` or ``text-pairs`` (the
     default with ``text_pair_column``, the second text column); see the module docstring.
-    ``pos``: tag with spaCy (``pos_model``, default the embedded small English model) and store
-    ``pos_ids`` (implies ``word_ids``).
+    ``pos``: store ``pos_ids`` (implies ``word_ids``), tagged by ``"spacy"`` (the default, also
+    ``True``: the reference; ``pos_model`` a spaCy model, default the embedded small English
+    one) or ``"fast"`` (distilled from spaCy, :mod:`mlmfast.data.fast_tagging`: prepare ~8x faster,
+    agreeing with spaCy on ~95-97% of tokens; ``pos_model`` a weights file).
     A finished directory made with the same options is left as it is; one made with other
     options is refused unless ``overwrite``; an interrupted one is resumed.
 
@@ -349,15 +353,15 @@ class _Job:
         if tok.cls_token_id is None or tok.sep_token_id is None:
             raise ValueError("tokenizer: packing needs cls and sep tokens")
         tagger = None
-        if pos:
-            from mlmfast.data.tagging import DEFAULT_MODEL, PosTagger
+        if pos is not False and pos is not None:
+            from mlmfast.data.tagging import make_tagger
 
+            tagger = make_tagger(pos, pos_model)
             if not getattr(tok, "is_fast", False):
                 raise ValueError("pos: aligning tags to tokens needs a fast tokenizer (offsets)")
-            tagger = PosTagger(pos_model or DEFAULT_MODEL)
             word_ids = True
         elif pos_model is not None:
-            raise ValueError("pos_model is given without pos=True")
+            raise ValueError("pos_model is given without pos")
         job = cls(
             resolve_inputs(inputs), tok, tokenizer_info(tok, tok_path), tagger, {}, mode,
             max_length, cross_document, shard_rows, text_column, text_pair_column,
