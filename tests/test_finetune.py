@@ -582,6 +582,18 @@ def test_bad_options_fail_before_a_model_is_built(env, tmp_path, no_model, kw, e
         run(env, tmp_path / "out", **kw)
 
 
+def test_init_without_a_tokenizer_says_which_one_is_used(env, tmp_path, no_model):
+    from transformers import BertModel
+
+    bare = tmp_path / "bare"
+    BertModel(tiny_config()).save_pretrained(bare)  # weights and config, no tokenizer files
+    with (
+        pytest.warns(UserWarning, match="has no tokenizer files.*embedded bert-base-uncased"),
+        pytest.raises(AssertionError, match="a model was built"),
+    ):
+        run(env, tmp_path / "out", init=str(bare))
+
+
 def test_pos_needs_shards_with_pos_ids(env, tmp_path, no_model):
     with pytest.raises(ValueError, match="prepare --pos"):
         run(env, tmp_path / "out", data=env["general"], task="pos", max_length=64)

@@ -44,8 +44,19 @@ def check_inputs(cfg: FinetuneConfig) -> Inputs:
     raw = read_classification(cfg) if cfg.task == "classification" else None
     tokenizer = models.tokenizer_of(model_dir)
     if tokenizer is None:
+        import warnings
+
         from mlmfast.data.embedded import load_tokenizer
 
+        # A checkpoint saved without its tokenizer: the embedded bert-base-uncased vocabulary is
+        # the right one only if the model was trained with it, so say which one is used.
+        warnings.warn(
+            f"{model_dir} has no tokenizer files (tokenizer.json, vocab.txt, "
+            "tokenizer_config.json): fine-tuning tokenises with the embedded bert-base-uncased "
+            "tokenizer; save the model's own tokenizer there if it was trained with another",
+            UserWarning,
+            stacklevel=2,
+        )
         tokenizer = load_tokenizer()
     base_config = _base_config(cfg, model_dir, tokenizer)
     _check_general_shards(cfg, tokenizer)
