@@ -87,29 +87,12 @@ MLMFAST_HD int64_t span_replacement(const MaskParams& P, const RowKey& k, uint32
   return original;
 }
 
-// The word table of a row, fed its eligible tokens in position order (span_add_token).
+// The size of a row's word table (S holds the words themselves; the rule of the words is at the
+// top of this file).
 struct SpanWords {
-  int64_t W = 0;           // words so far
-  int64_t n = 0;           // eligible tokens so far
-  int64_t prev_word = -1;  // word id of the last eligible token
-  int64_t prev_rel = -2;   // its position (-2: none yet)
+  int64_t W = 0;  // words
+  int64_t n = 0;  // eligible tokens
 };
-
-// Eligible token at position rel with word id w (-1: none) extends the last word when it follows
-// that word's last token directly with the same word id >= 0, else starts a word.
-MLMFAST_HD void span_add_token(SpanWords& R, const SpanScratch& S, int32_t rel, int64_t w) {
-  if (R.prev_rel == rel - 1 && w >= 0 && w == R.prev_word) {
-    S.wend[R.W - 1] = rel + 1;
-  } else {
-    S.wstart[R.W] = rel;
-    S.wend[R.W] = rel + 1;
-    S.mark[R.W] = 0;
-    ++R.W;
-  }
-  R.prev_word = w;
-  R.prev_rel = rel;
-  ++R.n;
-}
 
 // The counter of attempt a (a < kMaxSpanAttempts).
 MLMFAST_HD uint32_t span_attempt_counter(uint64_t a) {

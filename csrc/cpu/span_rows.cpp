@@ -12,30 +12,16 @@
 
 #include "cpu/kernel.h"
 #include "cpu/kernel_rows.h"
+#include "cpu/word_rows.h"
 #include "span_mask.h"
 
 namespace mlmfast::cpu {
 namespace {
 
-using namespace portable;  // the helpers of kernel_rows.h, compiled here without ISA flags
+using namespace portable;  // the helpers of kernel_rows.h and word_rows.h, without ISA flags
 
-// A word id >= 2^32 in the row (every token, attended or not, is checked, as on the other paths):
-// then every token goes through check_token, which also checks the ids, and the chunk scans need
-// not report them again.
-template <typename T>
-bool check_row_if_suspect(const MaskInputs& in, const MaskParams& P, int64_t base, const T* ids,
-                          Problems& pr) {
-  if (!in.word_ids || in.word_kind != kInt64) return false;  // int32 word ids are below 2^32
-  const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
-  const bool suspect = words_above_u32(w, in.length);
-  if (suspect) {
-    for (int64_t j = 0; j < in.length; ++j) check_token(in, P, base + j, ids[j], pr);
-  }
-  return suspect;
-}
-
-// The row's eligible tokens, a chunk at a time, into the word table R: the table span_add_token
-// builds, laid out without branches on the word structure (a word's entry is rewritten by each of
+// The row's eligible tokens, a chunk at a time, into the word table R (span_mask.h's words), laid
+// out without branches on the word structure (a word's entry is rewritten by each of
 // its tokens; cur_w is the previous token's word id when that token was eligible, else -2).
 template <typename W>
 void chunk_words(const uint8_t* allow, int last, const W* w, int64_t c, int64_t& cur_w,
@@ -71,22 +57,15 @@ void row_words(const Kernel& kernel, const MaskInputs& in, const MaskParams& P, 
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int64_t off = base + start + c;
-    const T* idc = ids + start + c;
-    const ChunkScan scan = kernel.scan<T>()(m, idc, in, off, P, allow);
-    if (scan.bad && !checked) {  // noted here, reported after the parallel region
-      for (int q = 0; q < m; ++q) check_token(in, P, off + q, idc[q], pr);
-    }
-    if (P.n_special > kInlineSpecials) {  // not tested by the scan
-      for (int q = 0; q < scan.last; ++q)
-        allow[q] &= static_cast<uint8_t>(!is_special(P, static_cast<int64_t>(idc[q])));
-    }
+    const int last =
+        eligible_chunk(Table{kernel}, m, ids + start + c, in, off, P, allow, checked, pr);
     if (in.word_ids && in.word_kind == kInt64)
-      chunk_words(allow, scan.last, static_cast<const int64_t*>(in.word_ids) + off, c, cur_w, R, S);
+      chunk_words(allow, last, static_cast<const int64_t*>(in.word_ids) + off, c, cur_w, R, S);
     else if (in.word_ids)
-      chunk_words(allow, scan.last, static_cast<const int32_t*>(in.word_ids) + off, c, cur_w, R, S);
+      chunk_words(allow, last, static_cast<const int32_t*>(in.word_ids) + off, c, cur_w, R, S);
     else
-      chunk_words<int32_t>(allow, scan.last, nullptr, c, cur_w, R, S);
-    if (scan.last < m) cur_w = -2;  // the chunk's tail is not eligible
+      chunk_words<int32_t>(allow, last, nullptr, c, cur_w, R, S);
+    if (last < m) cur_w = -2;  // the chunk's tail is not eligible
   }
 }
 
@@ -128,7 +107,7 @@ void span_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1
     TO* o = out + base;
     TO* l = lab + base;
     pass_through(ids, L, o, l);
-    const bool checked = check_row_if_suspect(in, P, base, ids, pr);
+    const bool checked = check_row_if_suspect(in, P, base, L, ids, pr);
     const int64_t start = row_start(in, base, L);
     const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
     const RowKey key = row_key(P.seed, P.epoch, sid);

@@ -2,10 +2,10 @@
 // word table is built in parallel (each token flags whether it starts a word; the starts are
 // numbered by a scan over per-thread segments), the attempts run on thread 0 (span_select: they
 // are sequential, ~15-20 for a 512-token row), the masked tokens are written in parallel
-// (span_token). The table is span_add_token's, built another way: the tests hold the kernel to
-// the reference bit for bit. Included by mask_tokens_cuda.cu, and by tests/cuda_emu/emu.cpp,
-// which runs the kernel on the CPU. Inside namespace mlmfast::(anonymous), after
-// mask_kernels.cuh (block_row_start, row_key_of) and span_mask.h.
+// (span_token). The tests hold the kernel to the reference bit for bit. Included by
+// mask_tokens_cuda.cu, and by tests/cuda_emu/emu.cpp, which runs the kernel on the CPU. Inside
+// namespace mlmfast::(anonymous), after mask_kernels.cuh (block_row_start, row_key_of) and
+// span_mask.h.
 #pragma once
 
 constexpr int kSpanMaskThreads = 256;
