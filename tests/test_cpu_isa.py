@@ -51,6 +51,26 @@ for trial in range(12):
     for x in (ids, ids.int()):
         a, b = mlmfast.mask_tokens(x, **kw), R.mask_tokens(x, **kw)
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels), trial
+    # word ids (kernel's word_units): runs of 1-4 tokens in increasing id order, tokens outside
+    # words, word ids that restart (a pair) or come back; whole words, exact and span masking
+    B, L = 6, int(torch.randint(1, 700, (1,), generator=g))
+    ids = torch.randint(0, 60, (B, L), generator=g)
+    starts = torch.rand(B, L, generator=g) < 0.6
+    words = torch.cumsum(starts.long(), dim=1) + int(torch.randint(0, 9, (1,), generator=g))
+    words[torch.rand(B, L, generator=g) < 0.05] = -1
+    words[1, L // 2:] -= words[1, L // 2] - 1  # restart (a pair's second text)
+    words[2, L // 3] = words[2, 0]  # a word that comes back
+    att = torch.ones(B, L, dtype=torch.long)
+    att[3, L * 2 // 3:] = 0
+    att[4, : L // 4] = 0
+    kw = dict(mask_token_id=3, vocab_size=60, special_ids=[0, 1, 2], attention_mask=att,
+              seed=trial, epoch=1, mlm_probability=[0.15, 0.4][trial % 2])
+    for mode in ("bernoulli", "exact", "span"):
+        for w in (words, words.int()):
+            a = mlmfast.mask_tokens(ids, word_ids=w, mode=mode, **kw)
+            b = R.mask_tokens(ids, word_ids=w, mode=mode, **kw)
+            assert torch.equal(a.input_ids, b.input_ids), (trial, mode)
+            assert torch.equal(a.labels, b.labels), (trial, mode)
     c = torch.randint(0, 2**32, (67, 4), generator=g)
     for n in (1, 7, 8, 16, 17, 67):
         ref = torch.stack(R.philox4x32_10(tuple(c[:n].T), (trial, trial + 1)), dim=1)

@@ -34,6 +34,29 @@ template <typename T>
 using ScanChunk = ChunkScan (*)(int m, const T* ids, const MaskInputs& in, int64_t off,
                                 const MaskParams& P, uint8_t* allow);
 
+// A row's units, as the word paths see them: a run of eligible tokens of one word (consecutive,
+// same word id), or an eligible token outside words (word id < 0), in position order. What the
+// layout carries from one chunk of the row to the next (word_units, close_units in kernel_rows.h).
+struct UnitRun {
+  int64_t prev_w = -2;     // the previous token's word id when it was eligible, in a word; else -2
+  int64_t last_w = -1;     // the word id of the last eligible token in a word (-1: none yet)
+  int32_t prev_allow = 0;  // the previous token was eligible
+  int32_t irregular =
+      0;  // a run started with a word id <= last_w: a word came back, or out of order
+  int32_t nu = 0, ns = 0;  // units started, units stopped
+  int64_t eligible = 0;    // eligible tokens
+};
+
+// The units of the m tokens of a chunk at row position c (allow[q]: eligible; wid[q]: word id):
+// first[s.nu++] = the position of each token that starts one; stop[s.ns++] = the position after
+// each one that ends before the chunk does (a unit still open at the chunk's end stops in a later
+// chunk, or at close_units). Where `ctr` is given, ctr and lane say where each unit's draw is:
+// lane lane[k] of Philox block ctr[k] (the word's block for a word, the token's selection block
+// otherwise; masking.h). Each array is written at indices below c + m + 8: size it by the row,
+// plus 8.
+using WordUnitsFn = void (*)(int m, const uint8_t* allow, const int64_t* wid, int32_t c, UnitRun& s,
+                             int32_t* first, int32_t* stop, uint32_t* ctr, int32_t* lane);
+
 // Bernoulli-mode rows [b0, b1) without word ids or POS classes: ids of type T, outputs of type TO
 // (T, or int64 for int32 ids).
 template <typename T, typename TO>
@@ -51,6 +74,9 @@ struct Kernel {
   PlainRows<int64_t, int64_t> plain_i64;
   PlainRows<int32_t, int32_t> plain_i32;
   PlainRows<int32_t, int64_t> plain_i32_to_i64;
+  WordUnitsFn word_units;
+  // true when one of the n word ids is >= 2^32
+  bool (*words_above_u32)(const int64_t* w, int64_t n);
 
   template <typename T>
   ScanChunk<T> scan() const {

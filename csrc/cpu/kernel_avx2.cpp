@@ -392,6 +392,11 @@ struct Isa {
   static int compact(int m, const uint8_t* cand, int32_t* sel) {
     return compact_body(m, cand, sel);
   }
+  static void word_units(int m, const uint8_t* allow, const int64_t* wid, int32_t c, UnitRun& s,
+                         int32_t* first, int32_t* stop, uint32_t* ctr, int32_t* lane) {
+    word_units_body(m, allow, wid, c, s, first, stop, ctr, lane);
+  }
+  static bool words_above(const int64_t* w, int64_t n) { return words_above_u32(w, n); }
 };
 
 template <typename T, typename TO>
@@ -409,6 +414,8 @@ extern const Kernel kernel = {"avx2",
                               &Isa::scan<int32_t>,
                               &plain_rows<int64_t, int64_t>,
                               &plain_rows<int32_t, int32_t>,
-                              &plain_rows<int32_t, int64_t>};
+                              &plain_rows<int32_t, int64_t>,
+                              &Isa::word_units,
+                              &Isa::words_above};
 
 }  // namespace mlmfast::cpu::avx2

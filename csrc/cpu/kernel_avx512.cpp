@@ -27,7 +27,9 @@
 namespace mlmfast::cpu::avx512 {
 namespace {
 
-// sel[0..ns) = the q < m with cand[q], in order: 16 at a time by compress-store.
+// sel[0..ns) = the q < m with cand[q], in order: 16 at a time, compressed in a register and
+// stored whole (a compress-store to memory is microcoded on AMD's Zen 4); ns <= q, so the store
+// stays below m.
 inline int compact(int m, const uint8_t* cand, int32_t* sel) {
   int ns = 0;
   int q = 0;
@@ -36,7 +38,8 @@ inline int compact(int m, const uint8_t* cand, int32_t* sel) {
     const __m512i c =
         _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cand + q)));
     const __mmask16 k = _mm512_test_epi32_mask(c, c);
-    _mm512_mask_compressstoreu_epi32(sel + ns, k, _mm512_add_epi32(step, _mm512_set1_epi32(q)));
+    _mm512_storeu_si512(
+        sel + ns, _mm512_maskz_compress_epi32(k, _mm512_add_epi32(step, _mm512_set1_epi32(q))));
     ns += __builtin_popcount(static_cast<unsigned>(k));
   }
   for (; q < m; ++q) {
@@ -44,6 +47,95 @@ inline int compact(int m, const uint8_t* cand, int32_t* sel) {
     ns += cand[q];
   }
   return ns;
+}
+
+// Kernel::word_units (kernel.h), 8 tokens at a time: the previous token's word by a lane shift,
+// the units' first and stop positions and their draws' blocks compressed in registers and stored
+// whole (8 entries from the count on: the arrays take up to 7 writes past c + m), the order of
+// the words that start a unit checked on the compressed word ids.
+void word_units(int m, const uint8_t* allow, const int64_t* wid, int32_t c, UnitRun& s,
+                int32_t* first, int32_t* stop, uint32_t* ctr, int32_t* lane) {
+  const __m512i none = _mm512_set1_epi64(-2), zero = _mm512_setzero_si512();
+  const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i tag_word = _mm256_set1_epi32(static_cast<int32_t>(kTagWord));
+  const __m256i tag_select = _mm256_set1_epi32(static_cast<int32_t>(kTagSelect));
+  const __m256i index_mask = _mm256_set1_epi32(static_cast<int32_t>(kIndexMask));
+  const __m256i three = _mm256_set1_epi32(3);
+  __m512i carry = _mm512_set1_epi64(s.prev_w);  // lane 7: the previous token's word (or -2)
+  int64_t last_w = s.last_w, eligible = s.eligible;
+  unsigned pa = static_cast<unsigned>(s.prev_allow);
+  int32_t nu = s.nu, ns = s.ns;
+  bool irregular = s.irregular != 0;
+  for (int q = 0; q < m; q += 8) {
+    const int left = m - q;
+    const __mmask8 tail = left >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << left) - 1);
+    const __m128i av = _mm_maskz_loadu_epi8(tail, allow + q);
+    const __mmask8 a = static_cast<__mmask8>(_mm_test_epi8_mask(av, av));
+    const __m512i w = _mm512_maskz_loadu_epi64(tail, wid + q);
+    const __mmask8 in_word = _mm512_mask_cmpge_epi64_mask(a, w, zero);
+    const __m512i pw = _mm512_mask_blend_epi64(in_word, none, w);
+    const __mmask8 cont =
+        _mm512_mask_cmpeq_epi64_mask(in_word, w, _mm512_alignr_epi64(pw, carry, 7));
+    const __mmask8 start = a & static_cast<__mmask8>(~cont);
+    // lane i stops the unit of token i - 1 (the previous token eligible, this one no continuation)
+    const __mmask8 ends =
+        static_cast<__mmask8>(((static_cast<unsigned>(a) << 1) | pa) & ~cont & tail);
+    const __m256i pos = _mm256_add_epi32(_mm256_set1_epi32(c + q), step);
+    auto put = [](int32_t* at, __mmask8 k, __m256i v) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), _mm256_maskz_compress_epi32(k, v));
+    };
+    put(stop + ns, ends, pos);
+    put(first + nu, start, pos);
+    const __m256i w32 = _mm512_cvtepi64_epi32(w);
+    if (ctr) {
+      const __m256i cw =
+          _mm256_or_si256(tag_word, _mm256_and_si256(_mm256_srli_epi32(w32, 2), index_mask));
+      const __m256i cs =
+          _mm256_or_si256(tag_select, _mm256_and_si256(_mm256_srli_epi32(pos, 2), index_mask));
+      put(reinterpret_cast<int32_t*>(ctr) + nu, start, _mm256_mask_blend_epi32(in_word, cs, cw));
+      put(lane + nu, start, _mm256_and_si256(_mm256_mask_blend_epi32(in_word, pos, w32), three));
+    }
+    const __mmask8 word_starts = start & in_word;
+    if (word_starts) {  // their word ids must increase, from last_w on
+      const int k = __builtin_popcount(static_cast<unsigned>(word_starts));
+      const __m512i ws = _mm512_maskz_compress_epi64(word_starts, w);
+      const __m512i before = _mm512_alignr_epi64(ws, _mm512_set1_epi64(last_w), 7);
+      irregular |=
+          _mm512_mask_cmple_epi64_mask(static_cast<__mmask8>((1u << k) - 1), ws, before) != 0;
+      last_w = _mm_cvtsi128_si64(
+          _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set1_epi64(k - 1), ws)));
+    }
+    nu += __builtin_popcount(static_cast<unsigned>(start));
+    ns += __builtin_popcount(static_cast<unsigned>(ends));
+    eligible += __builtin_popcount(static_cast<unsigned>(a));
+    const int final_lane = left >= 8 ? 7 : left - 1;
+    pa = (static_cast<unsigned>(a) >> final_lane) & 1u;
+    carry = left >= 8 ? pw : _mm512_permutexvar_epi64(_mm512_set1_epi64(final_lane), pw);
+  }
+  s.prev_w = _mm_cvtsi128_si64(
+      _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set1_epi64(7), carry)));
+  s.last_w = last_w;
+  s.eligible = eligible;
+  s.prev_allow = static_cast<int32_t>(pa);
+  s.irregular = irregular;
+  s.nu = nu;
+  s.ns = ns;
+}
+
+// true when one of the n word ids is >= 2^32: 16 at a time
+bool words_above(const int64_t* w, int64_t n) {
+  const __m512i limit = _mm512_set1_epi64(0xFFFFFFFFll);
+  __mmask8 any = 0;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    any |= _mm512_cmpgt_epi64_mask(_mm512_loadu_si512(w + j), limit) |
+           _mm512_cmpgt_epi64_mask(_mm512_loadu_si512(w + j + 8), limit);
+  }
+  for (; j < n; j += 8) {
+    const __mmask8 lanes = n - j >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << (n - j)) - 1);
+    any |= _mm512_mask_cmpgt_epi64_mask(lanes, _mm512_maskz_loadu_epi64(lanes, w + j), limit);
+  }
+  return any != 0;
 }
 
 // Set flags (nonzero entries) of a per-token input at [at, at + 16), as a bit mask; only the
@@ -317,6 +409,8 @@ extern const Kernel kernel = {"avx512",
                               &Isa::scan<int32_t>,
                               &plain_rows<int64_t, int64_t>,
                               &plain_rows<int32_t, int32_t>,
-                              &plain_rows<int32_t, int64_t>};
+                              &plain_rows<int32_t, int64_t>,
+                              &avx512::word_units,
+                              &avx512::words_above};
 
 }  // namespace mlmfast::cpu::avx512

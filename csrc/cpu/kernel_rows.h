@@ -91,6 +91,51 @@ inline void pass_through(const T* ids, int64_t n, TO* o, TO* l) {
   for (int64_t j = 0; j < n; ++j) l[j] = static_cast<TO>(kIgnoreIndex);
 }
 
+// The scalar form of Kernel::word_units (kernel.h), branch-free on the word structure.
+MLMFAST_ALWAYS_INLINE void word_units_body(int m, const uint8_t* allow, const int64_t* wid,
+                                           int32_t c, UnitRun& s, int32_t* first, int32_t* stop,
+                                           uint32_t* ctr, int32_t* lane) {
+  int64_t prev_w = s.prev_w, last_w = s.last_w, eligible = s.eligible;
+  int32_t pa = s.prev_allow, irregular = s.irregular, nu = s.nu, ns = s.ns;
+  for (int q = 0; q < m; ++q) {
+    const int32_t a = allow[q] != 0;
+    const int64_t w = wid[q];
+    const int32_t j = c + q;
+    const int32_t in_word = a & (w >= 0);
+    const int32_t cont = in_word & (w == prev_w);
+    stop[ns] = j;
+    ns += pa & !cont;
+    first[nu] = j;
+    if (ctr) {
+      const uint32_t wi = static_cast<uint32_t>(w), ji = static_cast<uint32_t>(j);
+      ctr[nu] =
+          in_word ? (kTagWord | ((wi >> 2) & kIndexMask)) : (kTagSelect | ((ji >> 2) & kIndexMask));
+      lane[nu] = static_cast<int32_t>((in_word ? wi : ji) & 3u);
+    }
+    irregular |= in_word & !cont & (w <= last_w);
+    last_w = in_word ? w : last_w;
+    nu += a & !cont;
+    pa = a;
+    prev_w = in_word ? w : -2;
+    eligible += a;
+  }
+  s.prev_w = prev_w;
+  s.last_w = last_w;
+  s.eligible = eligible;
+  s.prev_allow = pa;
+  s.irregular = irregular;
+  s.nu = nu;
+  s.ns = ns;
+}
+
+// Ends the layout's open unit at position `at` (the chunk's tokens from there on are not
+// eligible, or the row ends there).
+inline void close_units(UnitRun& s, int32_t at, int32_t* stop) {
+  if (s.prev_allow) stop[s.ns++] = at;
+  s.prev_allow = 0;
+  s.prev_w = -2;
+}
+
 // ---- chunk scans: compares of int64 ids and masks only vectorise with AVX2 or wider ---------
 
 template <typename F>

@@ -20,53 +20,49 @@ namespace {
 
 using namespace portable;  // the helpers of kernel_rows.h and word_rows.h, without ISA flags
 
-// The row's eligible tokens, a chunk at a time, into the word table R (span_mask.h's words), laid
-// out without branches on the word structure (a word's entry is rewritten by each of
-// its tokens; cur_w is the previous token's word id when that token was eligible, else -2).
-template <typename W>
-void chunk_words(const uint8_t* allow, int last, const W* w, int64_t c, int64_t& cur_w,
-                 SpanWords& R, const SpanScratch& S) {
+// Without word ids every eligible token of the chunk is a word of the table R (span_mask.h's
+// words); written branch-free, kept when eligible.
+void chunk_tokens(const uint8_t* allow, int last, int64_t c, SpanWords& R, const SpanScratch& S) {
   int64_t nw = R.W;
-  int32_t run_start = nw ? S.wstart[nw - 1] : 0;
   for (int q = 0; q < last; ++q) {
-    if (!allow[q]) {  // eligibility comes in long runs: a well-predicted branch
-      cur_w = -2;
-      continue;
-    }
-    const int64_t wq = w ? static_cast<int64_t>(w[q]) : -1;
-    const bool cont = wq >= 0 && wq == cur_w;
     const int32_t rel = static_cast<int32_t>(c + q);
-    nw += !cont;
-    run_start = cont ? run_start : rel;
-    S.wstart[nw - 1] = run_start;
-    S.wend[nw - 1] = rel + 1;
-    S.mark[nw - 1] = 0;
-    cur_w = wq >= 0 ? wq : -2;
-    ++R.n;
+    S.wstart[nw] = rel;
+    S.wend[nw] = rel + 1;
+    nw += allow[q];
   }
+  R.n += nw - R.W;
   R.W = nw;
 }
 
+// The row's word table R: a word per run of eligible tokens of one word id and per eligible token
+// outside words, in position order (the kernel's word_units with word ids), a chunk at a time.
 template <typename T>
 void row_words(const Kernel& kernel, const MaskInputs& in, const MaskParams& P, int64_t base,
                int64_t start, const T* ids, bool checked, Problems& pr, SpanWords& R,
                const SpanScratch& S) {
   alignas(64) uint8_t allow[kChunk];
+  alignas(64) int64_t wid[kChunk];
+  const Table isa{kernel};
   const int64_t n = in.length - start;
-  int64_t cur_w = -2;
+  UnitRun units;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int64_t off = base + start + c;
-    const int last =
-        eligible_chunk(Table{kernel}, m, ids + start + c, in, off, P, allow, checked, pr);
-    if (in.word_ids && in.word_kind == kInt64)
-      chunk_words(allow, last, static_cast<const int64_t*>(in.word_ids) + off, c, cur_w, R, S);
-    else if (in.word_ids)
-      chunk_words(allow, last, static_cast<const int32_t*>(in.word_ids) + off, c, cur_w, R, S);
-    else
-      chunk_words<int32_t>(allow, last, nullptr, c, cur_w, R, S);
-    if (last < m) cur_w = -2;  // the chunk's tail is not eligible
+    const int last = eligible_chunk(isa, m, ids + start + c, in, off, P, allow, checked, pr);
+    if (!in.word_ids) {
+      chunk_tokens(allow, last, c, R, S);
+      continue;
+    }
+    kernel.word_units(last, allow, word_ids_at(in, off, last, wid), static_cast<int32_t>(c), units,
+                      S.wstart, S.wend, nullptr, nullptr);
+    if (last < m) close_units(units, static_cast<int32_t>(c + last), S.wend);
   }
+  if (in.word_ids) {
+    close_units(units, static_cast<int32_t>(n), S.wend);
+    R.W = units.nu;
+    R.n = units.eligible;
+  }
+  std::fill(S.mark, S.mark + R.W, 0);
 }
 
 // The attempts' draws in vectorised Philox batches, handed out in order: 32 first (a row of
@@ -99,15 +95,16 @@ void span_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1
                Problems& pr) {
   const Kernel& kernel = cpu_kernel();
   const int64_t L = in.length;
-  std::vector<int32_t> scratch(static_cast<size_t>(3 * L));
-  const SpanScratch S{scratch.data(), scratch.data() + L, scratch.data() + 2 * L};
+  const int64_t size = L + 8;  // word_units writes up to 7 past the row
+  std::vector<int32_t> scratch(static_cast<size_t>(3 * size));
+  const SpanScratch S{scratch.data(), scratch.data() + size, scratch.data() + 2 * size};
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t base = b * L;
     const T* ids = static_cast<const T*>(in.ids) + base;
     TO* o = out + base;
     TO* l = lab + base;
     pass_through(ids, L, o, l);
-    const bool checked = check_row_if_suspect(in, P, base, L, ids, pr);
+    const bool checked = check_row_if_suspect(Table{kernel}, in, P, base, L, ids, pr);
     const int64_t start = row_start(in, base, L);
     const uint64_t sid = in.sample_ids ? static_cast<uint64_t>(in.sample_ids[b]) : b;
     const RowKey key = row_key(P.seed, P.epoch, sid);

@@ -35,7 +35,7 @@ void bernoulli_row(const Table& isa, const MaskInputs& in, const MaskParams& P, 
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   pass_through(r.ids, L, out, lab);
-  const bool suspect = check_row_if_suspect(in, P, base, L, r.ids, pr);
+  const bool suspect = check_row_if_suspect(isa, in, P, base, L, r.ids, pr);
   const T* ids = r.ids + r.start;
   const int64_t n = L - r.start;
   for (int64_t c = 0; c < n; c += kChunk) {
@@ -121,7 +121,7 @@ void exact_row(const Table& isa, const MaskInputs& in, const MaskParams& P, cons
   const int64_t L = in.length;
   const int64_t base = r.row * L;
   pass_through(r.ids, L, out, lab);
-  const bool suspect = check_row_if_suspect(in, P, base, L, r.ids, pr);
+  const bool suspect = check_row_if_suspect(isa, in, P, base, L, r.ids, pr);
   const T* ids = r.ids + r.start;
   const int64_t n = L - r.start;
   S.units.clear();
@@ -318,7 +318,7 @@ void word_exact_rows(const Kernel& kernel, const MaskInputs& in, const MaskParam
   const Table isa{kernel};
   const int64_t L = in.length;
   ExactScratch exact;
-  WordUnits units;
+  UnitScratch units;
   std::vector<uint64_t> keys, spill;
   for (int64_t b = b0; b < b1; ++b) {
     const T* ids = static_cast<const T*>(in.ids) + b * L;

@@ -50,15 +50,15 @@ inline int eligible_chunk(const Table& isa, int m, const T* ids, const MaskInput
 // (noted here, reported after the parallel region), and the function returns true: the chunk
 // scans need not check the ids again.
 template <typename T>
-inline bool check_row_if_suspect(const MaskInputs& in, const MaskParams& P, int64_t base, int64_t L,
-                                 const T* ids, Problems& pr) {
+inline bool check_row_if_suspect(const Table& isa, const MaskInputs& in, const MaskParams& P,
+                                 int64_t base, int64_t L, const T* ids, Problems& pr) {
   bool suspect = false;
   if (in.pos_ids) {
     for (int64_t j = 0; j < L; ++j) suspect |= in.pos_ids[base + j] >= P.n_pos;
   }
   if (in.word_ids && in.word_kind == kInt64) {  // int32 word ids are always below 2^32
     const int64_t* w = static_cast<const int64_t*>(in.word_ids) + base;
-    suspect |= words_above_u32(w, L);
+    suspect |= isa.k.words_above_u32(w, L);
   }
   if (suspect) {
     for (int64_t j = 0; j < L; ++j) check_token(in, P, base + j, ids[j], pr);
@@ -76,6 +76,14 @@ inline void words_of_chunk(const MaskInputs& in, int64_t off, int m, int64_t* wi
   } else {
     std::fill(wid, wid + m, int64_t(-1));
   }
+}
+
+// The word ids of tokens [off, off + m): in place for int64 word ids, else converted into wid
+// (-1 for every token without word ids).
+inline const int64_t* word_ids_at(const MaskInputs& in, int64_t off, int m, int64_t* wid) {
+  if (in.word_ids && in.word_kind == kInt64) return static_cast<const int64_t*>(in.word_ids) + off;
+  words_of_chunk(in, off, m, wid);
+  return wid;
 }
 
 // The k smallest of `keys` (distinct) moved to its front, in any order. A radix step on the top
