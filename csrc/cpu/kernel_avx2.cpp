@@ -373,49 +373,22 @@ struct Group {
   }
 };
 
-// The instruction set's primitives, for the row-by-row path.
-struct Isa {
+// The instruction set's primitives, for the row-by-row path, and its default-mode rows.
+struct Isa : BodyPrimitives {
   static void philox(int n, const uint32_t* c0, uint32_t c1, uint32_t c2, uint32_t c3, u32x2 key,
                      uint32_t* ox, uint32_t* oy, uint32_t* oz, uint32_t* ow) {
     avx2::philox(n, c0, c1, c2, c3, key, ox, oy, oz, ow);
   }
-  template <typename T>
-  static ChunkScan scan(int m, const T* ids, const MaskInputs& in, int64_t off, const MaskParams& P,
-                        uint8_t* allow) {
-    return scan_chunk_body(m, ids, in, off, P, allow);
+  template <typename T, typename TO>
+  static void plain_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1, TO* out,
+                         TO* lab, Problems& pr) {
+    if (group_fits(in, P)) return plain_rows_grouped<Group, T, TO>(in, P, b0, b1, out, lab, pr);
+    plain_rows_by_row<Isa, T>(Isa{}, in, P, b0, b1, out, lab, pr);
   }
-  template <typename T>
-  static void decide(int m, const T* ids, const uint8_t* allow, const uint32_t* u, uint32_t t32,
-                     uint8_t t_all, int64_t smin, uint64_t span, uint8_t* cand, uint8_t* rng) {
-    decide_chunk_body(m, ids, allow, u, t32, t_all, smin, span, cand, rng);
-  }
-  static int compact(int m, const uint8_t* cand, int32_t* sel) {
-    return compact_body(m, cand, sel);
-  }
-  static void word_units(int m, const uint8_t* allow, const int64_t* wid, int32_t c, UnitRun& s,
-                         int32_t* first, int32_t* stop, uint32_t* ctr, int32_t* lane) {
-    word_units_body(m, allow, wid, c, s, first, stop, ctr, lane);
-  }
-  static bool words_above(const int64_t* w, int64_t n) { return words_above_u32(w, n); }
 };
-
-template <typename T, typename TO>
-void plain_rows(const MaskInputs& in, const MaskParams& P, int64_t b0, int64_t b1, TO* out, TO* lab,
-                Problems& pr) {
-  if (group_fits(in, P)) return plain_rows_grouped<Group, T, TO>(in, P, b0, b1, out, lab, pr);
-  plain_rows_by_row<Isa, T>(Isa{}, in, P, b0, b1, out, lab, pr);
-}
 
 }  // namespace
 
-extern const Kernel kernel = {"avx2",
-                              &Isa::philox,
-                              &Isa::scan<int64_t>,
-                              &Isa::scan<int32_t>,
-                              &plain_rows<int64_t, int64_t>,
-                              &plain_rows<int32_t, int32_t>,
-                              &plain_rows<int32_t, int64_t>,
-                              &Isa::word_units,
-                              &Isa::words_above};
+extern const Kernel kernel = kernel_table<Isa>("avx2");
 
 }  // namespace mlmfast::cpu::avx2

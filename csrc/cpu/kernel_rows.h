@@ -1,15 +1,18 @@
 // The row code every kernel shares, written once and compiled into each kernel's translation unit
 // with that kernel's instruction set: the helpers of every row path, the chunk scans, and the
 // row-by-row path of the default mode. The including file defines MLMFAST_CPU_CAPABILITY (portable,
-// avx2 or avx512) and an Isa, the instruction set's primitives:
+// avx2 or avx512) and an Isa, the instruction set's primitives (BodyPrimitives, below, gives the
+// bodies written here; kernel_table makes the Kernel of an Isa):
 //   philox(n, c0, c1, c2, c3, key, ox, oy, oz, ow)   as Kernel::philox
 //   scan<T>(m, ids, in, off, P, allow)               scan_chunk_body, or as fast
 //   decide<T>(m, ids, allow, u, t32, t_all, smin, span, cand, rng)
 //   compact(m, cand, sel)                            sel = the q < m with cand[q], in order
-// (word_exact.cpp needs the first two only). Everything here lives in a namespace of that
-// instruction set's name, so that the copies compiled with different flags have different
-// symbols (see dispatch.cpp); for the same reason it uses no library code that could be emitted
-// as a weak symbol of its own (std::min, std::fill).
+//   word_units, words_above                          as Kernel's
+//   plain_rows<T, TO>(in, P, b0, b1, out, lab, pr)   the default mode's rows
+// (the portable row paths of word_exact.cpp and span_rows.cpp take theirs from the Kernel).
+// Everything here lives in a namespace of that instruction set's name, so that the copies compiled
+// with different flags have different symbols (see dispatch.cpp); for the same reason it uses no
+// library code that could be emitted as a weak symbol of its own (std::min, std::fill).
 #pragma once
 
 #include <cstdint>
@@ -375,6 +378,44 @@ void plain_rows_by_row(const Isa& isa, const MaskInputs& in, const MaskParams& P
       for (int64_t j = start; j < L; ++j) check_token(in, P, base + j, ids[j], pr);
     }
   }
+}
+
+// The row primitives as this file writes them, compiled with the including file's flags. An
+// instruction set's Isa derives from this, adds philox and plain_rows, and replaces what it does
+// faster.
+struct BodyPrimitives {
+  template <typename T>
+  static ChunkScan scan(int m, const T* ids, const MaskInputs& in, int64_t off, const MaskParams& P,
+                        uint8_t* allow) {
+    return scan_chunk_body(m, ids, in, off, P, allow);
+  }
+  template <typename T>
+  static void decide(int m, const T* ids, const uint8_t* allow, const uint32_t* u, uint32_t t32,
+                     uint8_t t_all, int64_t smin, uint64_t span, uint8_t* cand, uint8_t* rng) {
+    decide_chunk_body(m, ids, allow, u, t32, t_all, smin, span, cand, rng);
+  }
+  static int compact(int m, const uint8_t* cand, int32_t* sel) {
+    return compact_body(m, cand, sel);
+  }
+  static void word_units(int m, const uint8_t* allow, const int64_t* wid, int32_t c, UnitRun& s,
+                         int32_t* first, int32_t* stop, uint32_t* ctr, int32_t* lane) {
+    word_units_body(m, allow, wid, c, s, first, stop, ctr, lane);
+  }
+  static bool words_above(const int64_t* w, int64_t n) { return words_above_u32(w, n); }
+};
+
+// The Kernel table (kernel.h) of an instruction set's Isa.
+template <typename Isa>
+constexpr Kernel kernel_table(const char* name) {
+  return {name,
+          &Isa::philox,
+          &Isa::template scan<int64_t>,
+          &Isa::template scan<int32_t>,
+          &Isa::template plain_rows<int64_t, int64_t>,
+          &Isa::template plain_rows<int32_t, int32_t>,
+          &Isa::template plain_rows<int32_t, int64_t>,
+          &Isa::word_units,
+          &Isa::words_above};
 }
 
 }  // namespace mlmfast::cpu::MLMFAST_CPU_CAPABILITY
