@@ -46,12 +46,7 @@ bool exact_words_row(const Table& isa, const MaskInputs& in, const MaskParams& P
   alignas(64) uint8_t allow[kChunk];
   alignas(64) int32_t sel[kChunk];
   alignas(64) int64_t wid[kChunk];
-  const int64_t L = in.length;
-  const int64_t base = r.row * L;
-  pass_through(r.ids, L, out, lab);
-  const bool suspect = check_row_if_suspect(isa, in, P, base, L, r.ids, pr);
-  const T* ids = r.ids + r.start;
-  const int64_t n = L - r.start;
+  const auto [ids, n, base, suspect] = begin_row(isa, in, P, r, out, lab, pr);
   S.fit(n);
   int32_t* first = S.first.data();
   int32_t* stop = S.stop.data();

@@ -32,12 +32,7 @@ void bernoulli_row(const Table& isa, const MaskInputs& in, const MaskParams& P, 
   alignas(64) uint8_t allow[kChunk];
   alignas(64) int32_t sel[kChunk], src[kChunk];
   alignas(64) int64_t wid[kChunk];
-  const int64_t L = in.length;
-  const int64_t base = r.row * L;
-  pass_through(r.ids, L, out, lab);
-  const bool suspect = check_row_if_suspect(isa, in, P, base, L, r.ids, pr);
-  const T* ids = r.ids + r.start;
-  const int64_t n = L - r.start;
+  const auto [ids, n, base, suspect] = begin_row(isa, in, P, r, out, lab, pr);
   for (int64_t c = 0; c < n; c += kChunk) {
     const int m = static_cast<int>(std::min<int64_t>(kChunk, n - c));
     const int64_t off = base + r.start + c;
@@ -118,12 +113,7 @@ void exact_row(const Table& isa, const MaskInputs& in, const MaskParams& P, cons
   alignas(64) uint8_t allow[kChunk];
   alignas(64) int32_t sel[kChunk];
   alignas(64) int64_t wid[kChunk];
-  const int64_t L = in.length;
-  const int64_t base = r.row * L;
-  pass_through(r.ids, L, out, lab);
-  const bool suspect = check_row_if_suspect(isa, in, P, base, L, r.ids, pr);
-  const T* ids = r.ids + r.start;
-  const int64_t n = L - r.start;
+  const auto [ids, n, base, suspect] = begin_row(isa, in, P, r, out, lab, pr);
   S.units.clear();
   S.runs.clear();
   S.unit_of.assign(n, -1);

@@ -66,6 +66,24 @@ inline bool check_row_if_suspect(const Table& isa, const MaskInputs& in, const M
   return suspect;
 }
 
+// What a per-token row path begins with: the row passed through (its ids out, -100 labels) and
+// checked if suspect; the row from its first attended token on (ids, n tokens), its flat base.
+template <typename T>
+struct RowBegin {
+  const T* ids;
+  int64_t n, base;
+  bool suspect;
+};
+template <typename T, typename TO>
+inline RowBegin<T> begin_row(const Table& isa, const MaskInputs& in, const MaskParams& P,
+                             const RowView<T>& r, TO* out, TO* lab, Problems& pr) {
+  const int64_t L = in.length;
+  const int64_t base = r.row * L;
+  pass_through(r.ids, L, out, lab);
+  const bool suspect = check_row_if_suspect(isa, in, P, base, L, r.ids, pr);
+  return {r.ids + r.start, L - r.start, base, suspect};
+}
+
 // wid[q] = word id of token off + q for q < m (-1 without word ids): one loop per element type.
 inline void words_of_chunk(const MaskInputs& in, int64_t off, int m, int64_t* wid) {
   if (in.word_ids && in.word_kind == kInt64) {
